@@ -1,0 +1,17 @@
+//! presence-proxy: a stateful SIP outbound proxy between desk phones and any PBX that
+//! keeps phone presence (BLF lamps, DND) and Microsoft Teams presence in step.
+//!
+//! # Layout
+//!
+//! - [`sip`]: the wire layer. Bytes in, a zero-copy message view out; edits that
+//!   change only what a proxy may change; stream framing. No I/O, no clock.
+//! - [`inspect`]: the `presence-proxy inspect` command: check captured messages.
+//!
+//! Later layers (proxy core, observation, BLF, sync, Graph, store, web, runtime) are
+//! described in `ARCHITECTURE.md`; each is sans-IO except the runtime.
+
+#![forbid(unsafe_code)]
+
+pub mod demo;
+pub mod inspect;
+pub mod sip;

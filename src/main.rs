@@ -1,0 +1,49 @@
+//! The `presence-proxy` command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use presence_proxy::inspect::inspect_file;
+
+#[derive(Debug, Parser)]
+#[command(name = "presence-proxy", version, about = "SIP outbound proxy that keeps desk phones and Microsoft Teams presence in step")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Parse each file as one SIP datagram; print what is understood, or the error.
+    /// Exits 0 when every file is a valid SIP message, 1 otherwise.
+    Inspect {
+        /// Files holding one SIP message each.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Show the product on this machine: for now, inspects the bundled SIP traces.
+    Demo {
+        /// Folder of traces to inspect.
+        #[arg(long, default_value = "sip-traces")]
+        traces: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Inspect { files } => {
+            let mut all_ok = true;
+            for file in &files {
+                let report = inspect_file(file);
+                println!("{}:", file.display());
+                print!("{}", report.text);
+                all_ok &= report.ok;
+            }
+            if all_ok { ExitCode::SUCCESS } else { ExitCode::from(1) }
+        }
+        Command::Demo { traces } => presence_proxy::demo::demo(&traces),
+    }
+}

@@ -1,0 +1,324 @@
+//! Changing a message for forwarding, and nothing else.
+//!
+//! An [`Editor`] collects splices against the received bytes (insert a line, replace a
+//! value, remove a list element) and writes the result in one pass. Every byte it was
+//! not asked to change is copied exactly as received: header order, case, compact
+//! names, folding and unknown headers included (RFC 3261 §16.6).
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use super::error::ParseError;
+use super::header::{ListIter, NameAddr, parse_contact};
+use super::header_name::HeaderName;
+use super::message::{Message, Span, StartLine};
+
+/// Why an edit could not be applied.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum EditError {
+    /// The message has no such header (or not that many values).
+    #[error("no {0:?} header value to edit")]
+    Missing(HeaderName),
+    /// The value to edit does not parse.
+    #[error("cannot edit a malformed value: {0}")]
+    Malformed(#[from] ParseError),
+    /// Two edits touch the same bytes.
+    #[error("two edits overlap at byte {0}")]
+    Overlap(usize),
+    /// The edit applies to requests only.
+    #[error("the message is not a request")]
+    NotARequest,
+}
+
+#[derive(Debug, Clone)]
+struct Splice {
+    start: usize,
+    end: usize,
+    order: usize,
+    with: Vec<u8>,
+}
+
+/// Collects edits of one message and writes the edited copy.
+#[derive(Debug)]
+pub struct Editor<'m> {
+    msg: &'m Message,
+    splices: Vec<Splice>,
+    body: Option<Vec<u8>>,
+}
+
+impl<'m> Editor<'m> {
+    /// Starts editing `msg`.
+    pub fn new(msg: &'m Message) -> Self {
+        Self {
+            msg,
+            splices: Vec::new(),
+            body: None,
+        }
+    }
+
+    fn add(&mut self, start: usize, end: usize, with: Vec<u8>) -> Result<(), EditError> {
+        let overlaps = self
+            .splices
+            .iter()
+            .any(|s| conflicts((start, end), (s.start, s.end)));
+        if overlaps {
+            return Err(EditError::Overlap(start));
+        }
+        let order = self.splices.len();
+        self.splices.push(Splice {
+            start,
+            end,
+            order,
+            with,
+        });
+        Ok(())
+    }
+
+    /// Where new header lines go: right after the start line.
+    fn top_of_headers(&self) -> usize {
+        let buf = self.msg.as_bytes();
+        memchr::memchr(b'\n', buf).map_or(buf.len(), |i| i + 1)
+    }
+
+    fn line(name: &str, value: &[u8]) -> Vec<u8> {
+        let mut line = Vec::with_capacity(name.len() + value.len() + 4);
+        line.extend_from_slice(name.as_bytes());
+        line.extend_from_slice(b": ");
+        line.extend_from_slice(value);
+        line.extend_from_slice(b"\r\n");
+        line
+    }
+
+    /// Inserts a header line at the top of the header section.
+    pub fn insert_header(&mut self, name: &str, value: &[u8]) -> &mut Self {
+        let at = self.top_of_headers();
+        // insertions never overlap a replacement: the start line end is not replaced
+        let _ = self.add(at, at, Self::line(name, value));
+        self
+    }
+
+    /// Pushes a new top Via (`value` is e.g. `SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bK...`).
+    pub fn push_via(&mut self, value: &[u8]) -> &mut Self {
+        self.insert_header("Via", value)
+    }
+
+    /// Removes the first value of the first header with this name: the whole line when
+    /// it holds one value, else that value and its comma.
+    fn pop_first_value(&mut self, name: HeaderName) -> Result<&mut Self, EditError> {
+        let msg = self.msg;
+        let (index, field) = msg
+            .fields()
+            .iter()
+            .enumerate()
+            .find(|(_, f)| f.name() == name)
+            .ok_or(EditError::Missing(name))?;
+        let value = msg.field_value(field);
+        let mut items = ListIter::new(value);
+        let _first = items.next().ok_or(EditError::Missing(name))?;
+        match items.next() {
+            None => {
+                let line = field.line_span();
+                self.add(line.start(), line.end(), Vec::new())?;
+            }
+            Some(second) => {
+                let base = field.value_span().start();
+                self.add(base, base + second.start, Vec::new())?;
+            }
+        }
+        let _ = index;
+        Ok(self)
+    }
+
+    /// Removes the top Via value (responses going upstream, RFC 3261 §16.7 step 3).
+    pub fn pop_via(&mut self) -> Result<&mut Self, EditError> {
+        self.pop_first_value(HeaderName::Via)
+    }
+
+    /// Removes the top Route value (loose routing, RFC 3261 §16.4).
+    pub fn pop_route(&mut self) -> Result<&mut Self, EditError> {
+        self.pop_first_value(HeaderName::Route)
+    }
+
+    /// Adds a Record-Route value on top of the existing ones (`value` is `<sip:...;lr>`).
+    pub fn prepend_record_route(&mut self, value: &[u8]) -> &mut Self {
+        let at = self
+            .msg
+            .fields_named(HeaderName::RecordRoute)
+            .next()
+            .map_or_else(|| self.top_of_headers(), |f| f.line_span().start());
+        let _ = self.add(at, at, Self::line("Record-Route", value));
+        self
+    }
+
+    /// Adds a Path value on top of the existing ones (RFC 3327).
+    pub fn prepend_path(&mut self, value: &[u8]) -> &mut Self {
+        let at = self
+            .msg
+            .fields_named(HeaderName::Path)
+            .next()
+            .map_or_else(|| self.top_of_headers(), |f| f.line_span().start());
+        let _ = self.add(at, at, Self::line("Path", value));
+        self
+    }
+
+    /// Replaces the Request-URI.
+    pub fn set_request_uri(&mut self, uri: &[u8]) -> Result<&mut Self, EditError> {
+        let StartLine::Request { uri: span, .. } = *self.msg.start_line() else {
+            return Err(EditError::NotARequest);
+        };
+        self.add(span.start(), span.end(), uri.to_vec())?;
+        Ok(self)
+    }
+
+    /// Sets Max-Forwards, adding the header when it is missing.
+    pub fn set_max_forwards(&mut self, value: u8) -> Result<&mut Self, EditError> {
+        let text = value.to_string().into_bytes();
+        match self.msg.fields_named(HeaderName::MaxForwards).next() {
+            Some(f) => {
+                let span = f.value_span();
+                self.add(span.start(), span.end(), text)?;
+            }
+            None => {
+                self.insert_header("Max-Forwards", &text);
+            }
+        }
+        Ok(self)
+    }
+
+    /// Replaces the URI of the `index`-th Contact value (counting across lines),
+    /// keeping its display name and parameters. A bare URI gains angle brackets.
+    pub fn set_contact_uri(&mut self, index: usize, uri: &[u8]) -> Result<&mut Self, EditError> {
+        let msg = self.msg;
+        let (_, span) = msg
+            .values(HeaderName::Contact)
+            .nth(index)
+            .ok_or(EditError::Missing(HeaderName::Contact))?;
+        let value = msg.slice(span);
+        let contact = parse_contact(value).map_err(|at| {
+            ParseError::in_header(
+                super::ParseErrorKind::BadHeaderValue,
+                span.start() + at,
+                HeaderName::Contact,
+            )
+        })?;
+        let addr: &NameAddr<'_> = contact.address().ok_or(EditError::Missing(HeaderName::Contact))?;
+        let old = addr.uri().as_bytes();
+        let start = span.start() + offset_within(value, old);
+        let end = start + old.len();
+        let with = if addr.is_bracketed() {
+            uri.to_vec()
+        } else {
+            let mut w = Vec::with_capacity(uri.len() + 2);
+            w.push(b'<');
+            w.extend_from_slice(uri);
+            w.push(b'>');
+            w
+        };
+        self.add(start, end, with)?;
+        Ok(self)
+    }
+
+    /// Replaces the CSeq number, keeping the method.
+    pub fn set_cseq(&mut self, seq: u32) -> Result<&mut Self, EditError> {
+        let field = self
+            .msg
+            .fields_named(HeaderName::CSeq)
+            .next()
+            .ok_or(EditError::Missing(HeaderName::CSeq))?;
+        let span: Span = field.value_span();
+        let value = self.msg.slice(span);
+        let digits = value.iter().take_while(|c| c.is_ascii_digit()).count();
+        if digits == 0 {
+            return Err(EditError::Malformed(ParseError::in_header(
+                super::ParseErrorKind::BadHeaderValue,
+                span.start(),
+                HeaderName::CSeq,
+            )));
+        }
+        self.add(span.start(), span.start() + digits, seq.to_string().into_bytes())?;
+        Ok(self)
+    }
+
+    /// Replaces the body, with Content-Length recomputed (added when missing) and,
+    /// when given, Content-Type replaced (or added).
+    pub fn set_body(&mut self, body: &[u8], content_type: Option<&[u8]>) -> Result<&mut Self, EditError> {
+        let msg = self.msg;
+        let length = body.len().to_string().into_bytes();
+        let end_of_headers = msg
+            .fields()
+            .last()
+            .map_or_else(|| self.top_of_headers(), |f| f.line_span().end());
+        match msg.fields_named(HeaderName::ContentLength).next() {
+            Some(f) => {
+                let span = f.value_span();
+                self.add(span.start(), span.end(), length)?;
+            }
+            None => self.add(end_of_headers, end_of_headers, Self::line("Content-Length", &length))?,
+        }
+        if let Some(ct) = content_type {
+            match msg.fields_named(HeaderName::ContentType).next() {
+                Some(f) => {
+                    let span = f.value_span();
+                    self.add(span.start(), span.end(), ct.to_vec())?;
+                }
+                None => self.add(end_of_headers, end_of_headers, Self::line("Content-Type", ct))?,
+            }
+        }
+        self.body = Some(body.to_vec());
+        Ok(self)
+    }
+
+    /// Writes the edited message.
+    pub fn finish(mut self) -> Bytes {
+        let msg = self.msg;
+        let buf = msg.as_bytes();
+        let head_end = msg.head_end();
+        let has_blank_line = head_end >= 2
+            && buf.get(..head_end).is_some_and(|h| h.ends_with(b"\n\r\n") || h.ends_with(b"\n\n"));
+        let body_span = msg.body_span();
+        if let Some(body) = self.body.take() {
+            let mut with = Vec::with_capacity(body.len() + 2);
+            if !has_blank_line {
+                with.extend_from_slice(b"\r\n");
+            }
+            with.extend_from_slice(&body);
+            self.splices.push(Splice {
+                start: body_span.start(),
+                end: body_span.end(),
+                order: usize::MAX,
+                with,
+            });
+        }
+        self.splices.sort_by_key(|s| (s.start, s.end != s.start, s.order));
+        let extra: usize = self.splices.iter().map(|s| s.with.len()).sum();
+        let mut out = BytesMut::with_capacity(buf.len() + extra);
+        let mut pos = 0;
+        for s in &self.splices {
+            if s.start > pos {
+                out.put_slice(&buf[pos..s.start]);
+            }
+            out.put_slice(&s.with);
+            pos = pos.max(s.end);
+        }
+        out.put_slice(&buf[pos.min(buf.len())..]);
+        out.freeze()
+    }
+}
+
+/// Whether two splices touch the same bytes. Insertions (empty ranges) at one point
+/// never conflict with each other; they apply in call order.
+fn conflicts((a0, a1): (usize, usize), (b0, b1): (usize, usize)) -> bool {
+    match (a0 == a1, b0 == b1) {
+        (true, true) => false,
+        (true, false) => b0 < a0 && a0 < b1,
+        (false, true) => a0 < b0 && b0 < a1,
+        (false, false) => a0 < b1 && b0 < a1,
+    }
+}
+
+/// Offset of `sub` inside `whole`; `sub` must be a subslice of `whole` (it always is
+/// here: typed views borrow from the value they were parsed from).
+fn offset_within(whole: &[u8], sub: &[u8]) -> usize {
+    let offset = (sub.as_ptr() as usize).wrapping_sub(whole.as_ptr() as usize);
+    offset.min(whole.len())
+}

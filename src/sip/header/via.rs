@@ -1,0 +1,133 @@
+//! `Via` (RFC 3261 §20.42, §18.2.1; `rport` from RFC 3581).
+
+use nom::{Parser, sequence::preceded};
+
+use crate::sip::grammar::{Res, all_of, generic_params, host_port, lws, sep, token};
+use crate::sip::params::Params;
+
+/// RFC 3261 magic cookie that starts every RFC 3261 branch.
+pub const MAGIC_COOKIE: &[u8] = b"z9hG4bK";
+
+/// One Via value: `SIP/2.0/UDP host:port;branch=...;received=...;rport`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Via<'a> {
+    protocol_name: &'a [u8],
+    protocol_version: &'a [u8],
+    transport: &'a [u8],
+    host: &'a [u8],
+    port: Option<u16>,
+    params: Params<'a>,
+}
+
+fn via_parm(i: &[u8]) -> Res<'_, Via<'_>> {
+    let (i, protocol_name) = token(i)?;
+    let (i, protocol_version) = preceded(sep(b'/'), token).parse(i)?;
+    let (i, transport) = preceded(sep(b'/'), token).parse(i)?;
+    let (i, _) = lws(i)?;
+    let (i, (host, port)) = host_port(i)?;
+    let (i, params) = generic_params(i)?;
+    Ok((
+        i,
+        Via {
+            protocol_name,
+            protocol_version,
+            transport,
+            host,
+            port,
+            params: Params::new(params),
+        },
+    ))
+}
+
+impl<'a> Via<'a> {
+    /// Parses one Via value (one element of the comma list).
+    pub fn parse(value: &'a [u8]) -> Result<Self, usize> {
+        all_of(value, via_parm)
+    }
+
+    /// The protocol name, normally `SIP`.
+    pub fn protocol_name(&self) -> &'a [u8] {
+        self.protocol_name
+    }
+    /// The protocol version, normally `2.0`.
+    pub fn protocol_version(&self) -> &'a [u8] {
+        self.protocol_version
+    }
+    /// The transport as written (`UDP`, `TCP`, `TLS`, `SCTP`, `WS`, ...).
+    pub fn transport(&self) -> &'a [u8] {
+        self.transport
+    }
+    /// The sent-by host (an IPv6 reference keeps its brackets).
+    pub fn host(&self) -> &'a [u8] {
+        self.host
+    }
+    /// The sent-by port, when given.
+    pub fn port(&self) -> Option<u16> {
+        self.port
+    }
+    /// All parameters.
+    pub fn params(&self) -> Params<'a> {
+        self.params
+    }
+    /// The branch parameter.
+    pub fn branch(&self) -> Option<&'a [u8]> {
+        self.params.value("branch")
+    }
+    /// Whether the branch starts with the RFC 3261 magic cookie (else the transaction
+    /// is matched the RFC 2543 way, RFC 3261 §17.2.3).
+    pub fn has_magic_cookie(&self) -> bool {
+        self.branch().is_some_and(|b| b.starts_with(MAGIC_COOKIE))
+    }
+    /// The `received` parameter.
+    pub fn received(&self) -> Option<&'a [u8]> {
+        self.params.value("received")
+    }
+    /// `rport`: `None` when absent, `Some(None)` when requested without a value,
+    /// `Some(Some(port))` when filled in. A non-numeric value reads as absent.
+    pub fn rport(&self) -> Option<Option<u16>> {
+        match self.params.get("rport")? {
+            None => Some(None),
+            Some(v) => std::str::from_utf8(v)
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .map(Some),
+        }
+    }
+    /// The `maddr` parameter.
+    pub fn maddr(&self) -> Option<&'a [u8]> {
+        self.params.value("maddr")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_folded_spaced_via() {
+        let v = Via::parse(b"SIP  / 2.0  / TCP     spindle.example.com   ;\r\n  branch  =   z9hG4bK9ikj8")
+            .unwrap();
+        assert_eq!(v.transport(), b"TCP");
+        assert_eq!(v.host(), b"spindle.example.com");
+        assert_eq!(v.branch(), Some(&b"z9hG4bK9ikj8"[..]));
+        assert!(v.has_magic_cookie());
+    }
+
+    #[test]
+    fn rport_and_received() {
+        let v = Via::parse(b"SIP/2.0/UDP [2001:db8::9]:5070;rport=5071;received=192.0.2.1").unwrap();
+        assert_eq!(v.host(), b"[2001:db8::9]");
+        assert_eq!(v.port(), Some(5070));
+        assert_eq!(v.rport(), Some(Some(5071)));
+        assert_eq!(v.received(), Some(&b"192.0.2.1"[..]));
+        let v = Via::parse(b"SIP/2.0/UDP h;rport").unwrap();
+        assert_eq!(v.rport(), Some(None));
+    }
+
+    #[test]
+    fn rejects_empty_params_and_missing_host() {
+        assert!(Via::parse(b"SIP/2.0/UDP 192.0.2.15;;").is_err());
+        assert!(Via::parse(b"SIP/2.0/UDP").is_err());
+        assert!(Via::parse(b"SIP/2.0/UDP ;branch=1").is_err());
+    }
+}

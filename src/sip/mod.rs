@@ -1,0 +1,35 @@
+//! The SIP wire layer: bytes in, a message view out; a message view in, bytes out.
+//!
+//! This module does no I/O, reads no clock and keeps no state between messages
+//! (except [`framing::StreamFramer`], which holds the bytes of a stream not yet framed).
+//!
+//! - [`message`]: [`Message`], one `bytes::Bytes` buffer plus a header index built in
+//!   one pass; typed accessors parse on demand.
+//! - [`header`]: the typed header values (Via, addresses, CSeq, Event, ...).
+//! - [`uri`]: SIP/SIPS/tel URIs.
+//! - [`edit`]: changing a message for forwarding, byte-exact elsewhere.
+//! - [`build`]: new responses and in-dialog requests.
+//! - [`framing`]: TCP/TLS stream framing and CRLF keep-alives.
+//! - [`error`]: the one error type, [`ParseError`].
+//!
+//! Why our own parser: rsip 0.4 (unmaintained since 2022) misreads compact headers,
+//! rejects folded headers and LF-only lines, and ignores Content-Length framing on
+//! streams; see the README.
+
+pub mod build;
+pub mod edit;
+pub mod error;
+pub mod framing;
+pub(crate) mod grammar;
+pub mod header;
+pub mod header_name;
+pub mod message;
+pub mod params;
+pub mod uri;
+
+pub use error::{ParseError, ParseErrorKind};
+pub use grammar::unquote;
+pub use header_name::HeaderName;
+pub use message::{HeaderField, Limits, Message, Method, Span, StartLine};
+pub use params::{Param, Params};
+pub use uri::{Scheme, Uri};
