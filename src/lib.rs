@@ -13,5 +13,7 @@
 #![forbid(unsafe_code)]
 
 pub mod demo;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod inspect;
 pub mod sip;
