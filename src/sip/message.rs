@@ -370,7 +370,9 @@ fn parse_start_line(buf: &[u8], end: usize) -> Result<StartLine, ParseError> {
     })
 }
 
-fn parse_content_length(value: &[u8], limits: &Limits) -> Option<usize> {
+/// A Content-Length value: decimal digits that fit a `usize`. Whether the message fits
+/// the size limit is checked by the framer (513) or by the datagram's own size.
+fn parse_content_length(value: &[u8]) -> Option<usize> {
     if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
         return None;
     }
@@ -378,7 +380,7 @@ fn parse_content_length(value: &[u8], limits: &Limits) -> Option<usize> {
     for d in value {
         n = n.checked_mul(10)?.checked_add(usize::from(d - b'0'))?;
     }
-    (n <= limits.max_message_size).then_some(n)
+    Some(n)
 }
 
 /// Indexes the start line and header section of `buf`.
@@ -453,7 +455,7 @@ pub(crate) fn parse_head(buf: &[u8], limits: &Limits, datagram: bool) -> Result<
         }
         // finish the Content-Length of the previous field before indexing this one
         if let Some(i) = content_length_field.take() {
-            content_length = Some(content_length_of(buf, &fields[i], limits)?);
+            content_length = Some(content_length_of(buf, &fields[i])?);
         }
         if name == HeaderName::ContentLength {
             if content_length.is_some() {
@@ -475,7 +477,7 @@ pub(crate) fn parse_head(buf: &[u8], limits: &Limits, datagram: bool) -> Result<
         pos = next;
     };
     if let Some(i) = content_length_field {
-        content_length = Some(content_length_of(buf, &fields[i], limits)?);
+        content_length = Some(content_length_of(buf, &fields[i])?);
     }
     Ok(Head {
         start,
@@ -485,7 +487,7 @@ pub(crate) fn parse_head(buf: &[u8], limits: &Limits, datagram: bool) -> Result<
     })
 }
 
-fn content_length_of(buf: &[u8], field: &HeaderField, limits: &Limits) -> Result<usize, ParseError> {
+fn content_length_of(buf: &[u8], field: &HeaderField) -> Result<usize, ParseError> {
     let value = &buf[field.value.range()];
     let digits = if field.folded {
         // a folded Content-Length is legal, if odd: take the value without LWS
@@ -495,7 +497,7 @@ fn content_length_of(buf: &[u8], field: &HeaderField, limits: &Limits) -> Result
     } else {
         value
     };
-    parse_content_length(digits, limits).ok_or(ParseError::in_header(
+    parse_content_length(digits).ok_or(ParseError::in_header(
         ParseErrorKind::BadContentLength,
         field.value.start(),
         HeaderName::ContentLength,
@@ -698,7 +700,7 @@ impl Message {
     pub fn content_length(&self) -> Option<usize> {
         // validated while indexing; present iff the header is
         self.header(HeaderName::ContentLength)
-            .and_then(|v| parse_content_length(trim_lws(v), &Limits { max_message_size: usize::MAX, max_headers: 0 }))
+            .and_then(|v| parse_content_length(trim_lws(v)))
     }
 
     fn typed<'a, T>(
