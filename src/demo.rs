@@ -16,7 +16,10 @@ fn collect(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
         let path = entry?.path();
         if path.is_dir() {
             collect(&path, out)?;
-        } else if matches!(path.extension().and_then(|e| e.to_str()), Some("sip" | "dat")) {
+        } else if matches!(
+            path.extension().and_then(|e| e.to_str()),
+            Some("sip" | "dat")
+        ) {
             out.push(path);
         }
     }
@@ -34,7 +37,9 @@ pub fn demo(traces: &Path) -> ExitCode {
     let (mut valid, mut rejected) = (0, 0);
     let mut sample: Option<Message> = None;
     for file in &files {
-        let Ok(bytes) = std::fs::read(file) else { continue };
+        let Ok(bytes) = std::fs::read(file) else {
+            continue;
+        };
         let bytes = Bytes::from(bytes);
         let report = inspect_bytes(bytes.clone());
         let last = report.text.lines().last().unwrap_or_default().to_string();
@@ -50,13 +55,20 @@ pub fn demo(traces: &Path) -> ExitCode {
             rejected += 1;
         }
     }
-    println!("\n{valid} messages valid, {rejected} rejected (the RFC 4475 invalid ones are meant to be)");
+    println!(
+        "\n{valid} messages valid, {rejected} rejected (the RFC 4475 invalid ones are meant to be)"
+    );
     if let Some(msg) = sample {
         let mut editor = Editor::new(&msg);
         editor
             .push_via(b"SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK-demo;rport")
             .prepend_record_route(b"<sip:127.0.0.1:5060;lr>");
-        let forwarded = match editor.set_max_forwards(msg.max_forwards().and_then(Result::ok).unwrap_or(70).saturating_sub(1)) {
+        let forwarded = match editor.set_max_forwards(
+            msg.max_forwards()
+                .and_then(Result::ok)
+                .unwrap_or(70)
+                .saturating_sub(1),
+        ) {
             Ok(_) => editor.finish(),
             Err(e) => {
                 eprintln!("edit failed: {e}");

@@ -73,7 +73,11 @@ fn describe(msg: &Message, out: &mut String) -> Result<(), ParseError> {
             );
         }
         StartLine::Response { code, .. } => {
-            let _ = writeln!(out, "response: {code} {}", lossy(msg.reason().unwrap_or_default()));
+            let _ = writeln!(
+                out,
+                "response: {code} {}",
+                lossy(msg.reason().unwrap_or_default())
+            );
         }
     }
     for via in msg.vias() {
@@ -128,7 +132,10 @@ fn describe(msg: &Message, out: &mut String) -> Result<(), ParseError> {
             }
         }
     }
-    for (label, list) in [("Route", msg.routes().collect::<Vec<_>>()), ("Record-Route", msg.record_routes().collect())] {
+    for (label, list) in [
+        ("Route", msg.routes().collect::<Vec<_>>()),
+        ("Record-Route", msg.record_routes().collect()),
+    ] {
         for r in list {
             let _ = writeln!(out, "  {label}: {}", lossy(r?.uri().as_bytes()));
         }
@@ -138,7 +145,12 @@ fn describe(msg: &Message, out: &mut String) -> Result<(), ParseError> {
     }
     if let Some(event) = msg.event() {
         let event = event?;
-        let _ = writeln!(out, "  Event: {} id={}", lossy(event.package()), lossy(event.id().unwrap_or(b"-")));
+        let _ = writeln!(
+            out,
+            "  Event: {} id={}",
+            lossy(event.package()),
+            lossy(event.id().unwrap_or(b"-"))
+        );
     }
     if let Some(state) = msg.subscription_state() {
         let _ = writeln!(out, "  Subscription-State: {}", lossy(state?.state()));
@@ -152,13 +164,19 @@ fn describe(msg: &Message, out: &mut String) -> Result<(), ParseError> {
     }
     if let Some(ct) = msg.content_type() {
         let ct = ct?;
-        let _ = writeln!(out, "  Content-Type: {}/{}", lossy(ct.media_type()), lossy(ct.subtype()));
+        let _ = writeln!(
+            out,
+            "  Content-Type: {}/{}",
+            lossy(ct.media_type()),
+            lossy(ct.subtype())
+        );
     }
     let _ = writeln!(
         out,
         "  body: {} bytes (Content-Length {})",
         msg.body().len(),
-        msg.content_length().map_or("absent".into(), |n| n.to_string())
+        msg.content_length()
+            .map_or("absent".into(), |n| n.to_string())
     );
     Ok(())
 }

@@ -8,7 +8,11 @@ use clap::{Parser, Subcommand};
 use presence_proxy::inspect::inspect_file;
 
 #[derive(Debug, Parser)]
-#[command(name = "presence-proxy", version, about = "SIP outbound proxy that keeps desk phones and Microsoft Teams presence in step")]
+#[command(
+    name = "presence-proxy",
+    version,
+    about = "SIP outbound proxy that keeps desk phones and Microsoft Teams presence in step"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -42,7 +46,11 @@ fn main() -> ExitCode {
                 print!("{}", report.text);
                 all_ok &= report.ok;
             }
-            if all_ok { ExitCode::SUCCESS } else { ExitCode::from(1) }
+            if all_ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
         }
         Command::Demo { traces } => presence_proxy::demo::demo(&traces),
     }

@@ -1,5 +1,7 @@
 //! Building responses (RFC 3261 §8.2.6) and in-dialog requests (§12.2.1.1).
 
+#![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)] // test helpers assert
+
 use bytes::Bytes;
 use presence_proxy::sip::build::{DialogRequest, ResponseBuilder};
 use presence_proxy::sip::{HeaderName, Message, Method};
@@ -17,7 +19,9 @@ Contact: <sip:100@10.0.0.5:5060>\r\n\
 l: 0\r\n\r\n";
 
 fn values(msg: &Message, name: HeaderName) -> Vec<Vec<u8>> {
-    msg.values(name).map(|(_, span)| msg.slice(span).to_vec()).collect()
+    msg.values(name)
+        .map(|(_, span)| msg.slice(span).to_vec())
+        .collect()
 }
 
 #[test]
@@ -31,33 +35,58 @@ fn a_486_copies_via_from_call_id_cseq_and_tags_the_to() {
     resp.validate().expect("response valid");
     assert_eq!(resp.status(), Some(486));
     assert_eq!(resp.reason(), Some(&b"Busy Here"[..]));
-    assert_eq!(values(&resp, HeaderName::Via), values(&req, HeaderName::Via));
+    assert_eq!(
+        values(&resp, HeaderName::Via),
+        values(&req, HeaderName::Via)
+    );
     assert_eq!(resp.header(HeaderName::From), req.header(HeaderName::From));
-    assert_eq!(resp.header(HeaderName::CallId), req.header(HeaderName::CallId));
+    assert_eq!(
+        resp.header(HeaderName::CallId),
+        req.header(HeaderName::CallId)
+    );
     assert_eq!(resp.header(HeaderName::CSeq), req.header(HeaderName::CSeq));
     let to = resp.to().expect("To").expect("To parses");
     assert_eq!(to.tag(), Some(&b"pp-1"[..]));
     assert_eq!(to.uri().as_bytes(), b"sip:200@pbx.example.com");
     assert_eq!(resp.header(HeaderName::RetryAfter), Some(&b"60"[..]));
-    assert_eq!(resp.header(HeaderName::Timestamp), None, "Timestamp only in a 100");
+    assert_eq!(
+        resp.header(HeaderName::Timestamp),
+        None,
+        "Timestamp only in a 100"
+    );
     assert_eq!(resp.content_length(), Some(0));
 }
 
 #[test]
 fn a_100_trying_has_no_to_tag_and_echoes_timestamp() {
     let req = Message::parse(Bytes::from_static(INVITE)).expect("request parses");
-    let resp = Message::parse(ResponseBuilder::new(&req, 100, "Trying").to_tag("x").build()).expect("parses");
+    let resp = Message::parse(
+        ResponseBuilder::new(&req, 100, "Trying")
+            .to_tag("x")
+            .build(),
+    )
+    .expect("parses");
     assert_eq!(resp.to().expect("To").expect("parses").tag(), None);
     assert_eq!(resp.header(HeaderName::Timestamp), Some(&b"54"[..]));
 }
 
 #[test]
 fn an_existing_to_tag_is_kept() {
-    let tagged = String::from_utf8_lossy(INVITE).replace("t: <sip:200@pbx.example.com>", "t: <sip:200@pbx.example.com>;tag=abc");
+    let tagged = String::from_utf8_lossy(INVITE).replace(
+        "t: <sip:200@pbx.example.com>",
+        "t: <sip:200@pbx.example.com>;tag=abc",
+    );
     let req = Message::parse(Bytes::from(tagged)).expect("parses");
-    let resp = Message::parse(ResponseBuilder::new(&req, 481, "Call/Transaction Does Not Exist").to_tag("x").build())
-        .expect("parses");
-    assert_eq!(resp.to().expect("To").expect("parses").tag(), Some(&b"abc"[..]));
+    let resp = Message::parse(
+        ResponseBuilder::new(&req, 481, "Call/Transaction Does Not Exist")
+            .to_tag("x")
+            .build(),
+    )
+    .expect("parses");
+    assert_eq!(
+        resp.to().expect("To").expect("parses").tag(),
+        Some(&b"abc"[..])
+    );
 }
 
 #[test]
@@ -75,7 +104,10 @@ fn an_in_dialog_notify_carries_the_dialog_state() {
         cseq: 7,
         max_forwards: 70,
         contact: Some(b"sip:201@10.0.0.1:5060"),
-        headers: &[("Event", b"dialog"), ("Subscription-State", b"active;expires=3600")],
+        headers: &[
+            ("Event", b"dialog"),
+            ("Subscription-State", b"active;expires=3600"),
+        ],
         body: Some((b"application/dialog-info+xml", body)),
     }
     .build();
@@ -87,12 +119,24 @@ fn an_in_dialog_notify_carries_the_dialog_state() {
         .routes()
         .map(|r| r.expect("Route parses").uri().as_bytes().to_vec())
         .collect();
-    assert_eq!(route_uris, vec![b"sip:10.0.0.1;lr".to_vec(), b"sip:10.0.0.2;lr".to_vec()]);
+    assert_eq!(
+        route_uris,
+        vec![b"sip:10.0.0.1;lr".to_vec(), b"sip:10.0.0.2;lr".to_vec()]
+    );
     let cseq = msg.cseq().expect("CSeq").expect("parses");
     assert_eq!((cseq.seq(), cseq.method()), (7, Method::Notify));
-    assert_eq!(msg.from().expect("From").expect("parses").tag(), Some(&b"srv1"[..]));
-    assert_eq!(msg.to().expect("To").expect("parses").tag(), Some(&b"cli1"[..]));
-    assert_eq!(msg.event().expect("Event").expect("parses").package(), b"dialog");
+    assert_eq!(
+        msg.from().expect("From").expect("parses").tag(),
+        Some(&b"srv1"[..])
+    );
+    assert_eq!(
+        msg.to().expect("To").expect("parses").tag(),
+        Some(&b"cli1"[..])
+    );
+    assert_eq!(
+        msg.event().expect("Event").expect("parses").package(),
+        b"dialog"
+    );
     let state = msg.subscription_state().expect("state").expect("parses");
     assert_eq!(state.expires(), Some(3600));
     assert_eq!(msg.body(), body);

@@ -1,6 +1,8 @@
 //! RFC 4475 torture messages: every message gets exactly the outcome its manifest
 //! entry (`sip-traces/rfc4475/manifest.toml`) states, derived from the RFC's text.
 
+#![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)] // test helpers assert
+
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -45,7 +47,9 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
-fn joined(items: impl Iterator<Item = Result<&'static [u8], ParseError>>) -> Result<String, ParseError> {
+fn joined(
+    items: impl Iterator<Item = Result<&'static [u8], ParseError>>,
+) -> Result<String, ParseError> {
     let tokens: Result<Vec<String>, ParseError> = items.map(|r| r.map(text)).collect();
     Ok(tokens?.join(","))
 }
@@ -77,7 +81,11 @@ fn field(msg: &'static Message, key: &str) -> Result<String, ParseError> {
         "max_forwards" => msg.max_forwards().need(key)?.to_string(),
         "from.tag" | "from.display" | "from.uri" | "to.tag" | "to.display" | "to.uri" => {
             let (which, part) = key.split_once('.').unwrap_or_default();
-            let addr = if which == "from" { msg.from() } else { msg.to() };
+            let addr = if which == "from" {
+                msg.from()
+            } else {
+                msg.to()
+            };
             let addr = addr.need(key)?;
             match part {
                 "tag" => text(addr.tag().unwrap_or_default()),
@@ -95,7 +103,11 @@ fn field(msg: &'static Message, key: &str) -> Result<String, ParseError> {
                 _ => via.port().map(|p| p.to_string()).unwrap_or_default(),
             }
         }
-        "contact.count" => msg.contacts().collect::<Result<Vec<_>, _>>()?.len().to_string(),
+        "contact.count" => msg
+            .contacts()
+            .collect::<Result<Vec<_>, _>>()?
+            .len()
+            .to_string(),
         "contact.uri" | "contact.expires" => {
             let contact = msg.contacts().next().need(key)?;
             match contact {
@@ -128,7 +140,11 @@ fn field(msg: &'static Message, key: &str) -> Result<String, ParseError> {
 
 fn known(name: &str) -> HeaderName {
     let h = HeaderName::from_bytes(name.as_bytes());
-    assert_ne!(h, HeaderName::Other, "manifest names a header this layer does not know: {name}");
+    assert_ne!(
+        h,
+        HeaderName::Other,
+        "manifest names a header this layer does not know: {name}"
+    );
     h
 }
 
@@ -145,7 +161,11 @@ fn every_torture_message_gets_its_manifest_outcome() {
     assert_eq!(manifest.message.len(), 50, "one entry per RFC 4475 message");
     let mut failures = Vec::new();
     for entry in &manifest.message {
-        assert!(!entry.why.is_empty() && !entry.section.is_empty(), "{}: needs section and why", entry.file);
+        assert!(
+            !entry.why.is_empty() && !entry.section.is_empty(),
+            "{}: needs section and why",
+            entry.file
+        );
         let bytes = std::fs::read(rfc4475_dir().join(&entry.file)).expect("message file readable");
         let outcome = Message::parse(Bytes::from(bytes)).and_then(|m| m.validate().map(|()| m));
         match (entry.verdict.as_str(), outcome) {
@@ -155,18 +175,33 @@ fn every_torture_message_gets_its_manifest_outcome() {
                 for (key, want) in &entry.expect {
                     match field(msg, key) {
                         Ok(got) if &got == want => {}
-                        Ok(got) => failures.push(format!("{}: {key} = {got:?}, manifest says {want:?}", entry.file)),
-                        Err(e) => failures.push(format!("{}: {key} does not parse: {e}", entry.file)),
+                        Ok(got) => failures.push(format!(
+                            "{}: {key} = {got:?}, manifest says {want:?}",
+                            entry.file
+                        )),
+                        Err(e) => {
+                            failures.push(format!("{}: {key} does not parse: {e}", entry.file))
+                        }
                     }
                 }
             }
-            ("ok", Err(e)) => failures.push(format!("{}: rejected ({e}), manifest says ok", entry.file)),
-            ("reject", Ok(_)) => failures.push(format!("{}: accepted, manifest says reject", entry.file)),
+            ("ok", Err(e)) => {
+                failures.push(format!("{}: rejected ({e}), manifest says ok", entry.file))
+            }
+            ("reject", Ok(_)) => {
+                failures.push(format!("{}: accepted, manifest says reject", entry.file))
+            }
             ("reject", Err(e)) => {
                 let is_response = entry.status == Some(0);
-                let want_kind = entry.error.as_deref().expect("a reject names its error kind");
+                let want_kind = entry
+                    .error
+                    .as_deref()
+                    .expect("a reject names its error kind");
                 if e.kind.as_str() != want_kind {
-                    failures.push(format!("{}: error {}, manifest says {want_kind}", entry.file, e.kind));
+                    failures.push(format!(
+                        "{}: error {}, manifest says {want_kind}",
+                        entry.file, e.kind
+                    ));
                 }
                 if !is_response && Some(e.response_status()) != entry.status {
                     failures.push(format!(
@@ -178,23 +213,38 @@ fn every_torture_message_gets_its_manifest_outcome() {
                 }
                 if let Some(header) = &entry.header {
                     if e.header.map(|h| h.as_str()) != Some(header.as_str()) {
-                        failures.push(format!("{}: error in {:?}, manifest says {header}", entry.file, e.header));
+                        failures.push(format!(
+                            "{}: error in {:?}, manifest says {header}",
+                            entry.file, e.header
+                        ));
                     }
                 }
             }
             (other, _) => failures.push(format!("{}: unknown verdict {other}", entry.file)),
         }
     }
-    assert!(failures.is_empty(), "manifest mismatches:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "manifest mismatches:\n{}",
+        failures.join("\n")
+    );
 }
 
 #[test]
 fn every_torture_file_is_in_the_manifest() {
-    let manifest = std::fs::read_to_string(rfc4475_dir().join("manifest.toml")).expect("manifest readable");
+    let manifest =
+        std::fs::read_to_string(rfc4475_dir().join("manifest.toml")).expect("manifest readable");
     for entry in std::fs::read_dir(rfc4475_dir()).expect("folder readable") {
-        let name = entry.expect("dir entry").file_name().to_string_lossy().into_owned();
+        let name = entry
+            .expect("dir entry")
+            .file_name()
+            .to_string_lossy()
+            .into_owned();
         if name.ends_with(".dat") {
-            assert!(manifest.contains(&format!("file = \"{name}\"")), "{name} has no manifest entry");
+            assert!(
+                manifest.contains(&format!("file = \"{name}\"")),
+                "{name} has no manifest entry"
+            );
         }
     }
 }

@@ -1,6 +1,8 @@
 //! Editing corner cases the RFC fixtures do not reach: several values on one line,
 //! folded values, compact names, absent headers, overlapping edits.
 
+#![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)] // test helpers assert
+
 use bytes::Bytes;
 use presence_proxy::sip::edit::{EditError, Editor};
 use presence_proxy::sip::{HeaderName, Message};
@@ -30,13 +32,19 @@ fn popping_the_first_of_two_vias_on_one_line_keeps_the_second_on_that_line() {
         text.contains("\r\nv: SIP/2.0/UDP 10.0.0.5;branch=z9hG4bK-a1\r\n"),
         "second value stays on the compact line: {text}"
     );
-    assert!(text.contains("X-Unknown:   keep   me  exactly \r\n"), "unknown header untouched");
+    assert!(
+        text.contains("X-Unknown:   keep   me  exactly \r\n"),
+        "unknown header untouched"
+    );
     let edited = Message::parse(out).expect("parses");
     let branches: Vec<Vec<u8>> = edited
         .vias()
         .map(|v| v.expect("Via parses").branch().unwrap_or_default().to_vec())
         .collect();
-    assert_eq!(branches, vec![b"z9hG4bK-a1".to_vec(), b"z9hG4bK-a2".to_vec()]);
+    assert_eq!(
+        branches,
+        vec![b"z9hG4bK-a1".to_vec(), b"z9hG4bK-a2".to_vec()]
+    );
 }
 
 #[test]
@@ -67,14 +75,21 @@ fn a_missing_max_forwards_and_content_length_are_added() {
     assert_eq!(edited.max_forwards().expect("present").expect("parses"), 69);
     assert_eq!(edited.body(), b"hello");
     assert_eq!(edited.content_length(), Some(5));
-    assert!(edited.content_type().expect("present").expect("parses").is("text", "plain"));
+    assert!(
+        edited
+            .content_type()
+            .expect("present")
+            .expect("parses")
+            .is("text", "plain")
+    );
 }
 
 #[test]
 fn a_body_is_added_to_a_datagram_without_the_blank_line() {
     let msg = parse(b"NOTIFY sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nf: <sip:x@y>;tag=1\r\nt: <sip:a@b>;tag=2\r\ni: c\r\nCSeq: 2 NOTIFY\r\n");
     let mut e = Editor::new(&msg);
-    e.set_body(b"<x/>", Some(b"application/dialog-info+xml")).expect("body");
+    e.set_body(b"<x/>", Some(b"application/dialog-info+xml"))
+        .expect("body");
     let edited = Message::parse(e.finish()).expect("parses");
     assert_eq!(edited.body(), b"<x/>");
     assert_eq!(edited.content_length(), Some(4));
@@ -86,15 +101,21 @@ fn a_compact_content_length_is_rewritten_in_place() {
     let mut e = Editor::new(&msg);
     e.set_body(b"abcdef", None).expect("body");
     let out = e.finish();
-    assert!(out.ends_with(b"\r\nl: 6\r\n\r\nabcdef"), "{}", String::from_utf8_lossy(&out));
+    assert!(
+        out.ends_with(b"\r\nl: 6\r\n\r\nabcdef"),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
 }
 
 #[test]
 fn a_bare_contact_uri_gains_brackets_and_keeps_its_header_params() {
     let msg = parse(b"REGISTER sip:pbx SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nf: <sip:100@pbx>;tag=1\r\nt: <sip:100@pbx>\r\ni: c\r\nCSeq: 2 REGISTER\r\nm: sip:100@10.0.0.5:5060;expires=3600, <sip:100@10.0.0.6>\r\nl: 0\r\n\r\n");
     let mut e = Editor::new(&msg);
-    e.set_contact_uri(0, b"sip:100@127.0.0.1:5060;alias=a1").expect("first");
-    e.set_contact_uri(1, b"sip:100@127.0.0.1:5060;alias=a2").expect("second");
+    e.set_contact_uri(0, b"sip:100@127.0.0.1:5060;alias=a1")
+        .expect("first");
+    e.set_contact_uri(1, b"sip:100@127.0.0.1:5060;alias=a2")
+        .expect("second");
     let edited = Message::parse(e.finish()).expect("parses");
     let contacts: Vec<(Vec<u8>, Option<u32>)> = edited
         .contacts()
@@ -120,6 +141,12 @@ fn overlapping_edits_are_refused_and_missing_headers_reported() {
     e.set_cseq(5).expect("first edit");
     assert!(matches!(e.set_cseq(6), Err(EditError::Overlap(_))));
     let mut e = Editor::new(&msg);
-    assert_eq!(e.pop_route().err(), Some(EditError::Missing(HeaderName::Route)));
-    assert_eq!(e.set_request_uri(b"sip:x").err(), Some(EditError::NotARequest));
+    assert_eq!(
+        e.pop_route().err(),
+        Some(EditError::Missing(HeaderName::Route))
+    );
+    assert_eq!(
+        e.set_request_uri(b"sip:x").err(),
+        Some(EditError::NotARequest)
+    );
 }

@@ -1,6 +1,8 @@
 //! Stream framing over TCP/TLS: messages in any chunking, CRLF keep-alives, and limits
 //! enforced before memory grows.
 
+#![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)] // test helpers assert
+
 use std::path::Path;
 
 use bytes::Bytes;
@@ -57,7 +59,10 @@ fn many_messages_in_one_read_and_one_message_over_many_reads() {
     let stream: Vec<u8> = messages.iter().flat_map(|m| m.iter().copied()).collect();
     let whole = frame_in_chunks(&stream, std::iter::once(stream.len()));
     let bytewise = frame_in_chunks(&stream, std::iter::repeat(1));
-    let uneven = frame_in_chunks(&stream, [7usize, 13, 1, 301, 2, 64, 1000].into_iter().cycle());
+    let uneven = frame_in_chunks(
+        &stream,
+        [7usize, 13, 1, 301, 2, 64, 1000].into_iter().cycle(),
+    );
     let expected: Vec<Frame> = messages
         .iter()
         .map(|m| Frame::Message(Message::parse(m.clone()).expect("fixture parses")))
@@ -88,7 +93,11 @@ fn double_crlf_is_a_ping_and_single_crlf_a_pong() {
     stream.extend_from_slice(b"\r\n");
     stream.extend_from_slice(msg);
     stream.extend_from_slice(b"\r\n\r\n");
-    for chunks in [vec![stream.len()], vec![1; stream.len()], vec![3, 5, 700, 2, 2]] {
+    for chunks in [
+        vec![stream.len()],
+        vec![1; stream.len()],
+        vec![3, 5, 700, 2, 2],
+    ] {
         let frames = frame_in_chunks(&stream, chunks.into_iter());
         let kinds: Vec<&str> = frames
             .iter()
@@ -106,7 +115,11 @@ fn double_crlf_is_a_ping_and_single_crlf_a_pong() {
 fn a_lone_crlf_waits_for_the_next_byte() {
     let mut framer = StreamFramer::default();
     framer.push(b"\r\n");
-    assert_eq!(framer.next_frame().expect("no error"), None, "could still become a ping");
+    assert_eq!(
+        framer.next_frame().expect("no error"),
+        None,
+        "could still become a ping"
+    );
     framer.push(b"\r\n");
     assert_eq!(framer.next_frame().expect("no error"), Some(Frame::Ping));
 }
@@ -133,7 +146,11 @@ fn oversized_messages_are_refused_before_the_buffer_grows_past_the_limit() {
     for _ in 0..100 {
         framer.push(b"X-Filler: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n");
         match framer.next_frame() {
-            Ok(None) => assert!(framer.buffered() <= 1024 + 64, "buffer grew to {}", framer.buffered()),
+            Ok(None) => assert!(
+                framer.buffered() <= 1024 + 64,
+                "buffer grew to {}",
+                framer.buffered()
+            ),
             Ok(Some(f)) => panic!("unexpected frame {f:?}"),
             Err(e) => {
                 refused = Some(e);
@@ -142,22 +159,37 @@ fn oversized_messages_are_refused_before_the_buffer_grows_past_the_limit() {
         }
     }
     let err = refused.expect("refused");
-    assert!(matches!(err.kind, ParseErrorKind::TooLarge | ParseErrorKind::TooManyHeaders), "{err}");
+    assert!(
+        matches!(
+            err.kind,
+            ParseErrorKind::TooLarge | ParseErrorKind::TooManyHeaders
+        ),
+        "{err}"
+    );
 
     // a Content-Length that announces more than the limit is refused at once
     let mut framer = StreamFramer::new(limits);
     framer.push(b"MESSAGE sip:a@b SIP/2.0\r\nContent-Length: 5000\r\n\r\n");
-    assert_eq!(framer.next_frame().expect_err("too large").kind, ParseErrorKind::TooLarge);
+    assert_eq!(
+        framer.next_frame().expect_err("too large").kind,
+        ParseErrorKind::TooLarge
+    );
 
     // too many header lines
-    let mut framer = StreamFramer::new(Limits { max_message_size: 65536, max_headers: 16 });
+    let mut framer = StreamFramer::new(Limits {
+        max_message_size: 65536,
+        max_headers: 16,
+    });
     let mut msg = b"OPTIONS sip:a@b SIP/2.0\r\n".to_vec();
     for i in 0..20 {
         msg.extend_from_slice(format!("X-H{i}: v\r\n").as_bytes());
     }
     msg.extend_from_slice(b"Content-Length: 0\r\n\r\n");
     framer.push(&msg);
-    assert_eq!(framer.next_frame().expect_err("too many").kind, ParseErrorKind::TooManyHeaders);
+    assert_eq!(
+        framer.next_frame().expect_err("too many").kind,
+        ParseErrorKind::TooManyHeaders
+    );
 }
 
 #[test]
@@ -167,12 +199,22 @@ fn datagrams_ignore_bytes_after_the_body_and_run_to_the_end_without_content_leng
     );
     let msg = Message::parse(with_len).expect("parses");
     assert_eq!(msg.body(), b"hello");
-    assert!(!msg.as_bytes().ends_with(b"TRAILING"), "the message ends with its body");
-    let without_len =
-        Bytes::from_static(b"MESSAGE sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\n\r\nhello world");
-    assert_eq!(Message::parse(without_len).expect("parses").body(), b"hello world");
+    assert!(
+        !msg.as_bytes().ends_with(b"TRAILING"),
+        "the message ends with its body"
+    );
+    let without_len = Bytes::from_static(
+        b"MESSAGE sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\n\r\nhello world",
+    );
+    assert_eq!(
+        Message::parse(without_len).expect("parses").body(),
+        b"hello world"
+    );
     let short = Bytes::from_static(b"MESSAGE sip:a@b SIP/2.0\r\nContent-Length: 50\r\n\r\nhello");
-    assert_eq!(Message::parse(short).expect_err("truncated").kind, ParseErrorKind::BodyTruncated);
+    assert_eq!(
+        Message::parse(short).expect_err("truncated").kind,
+        ParseErrorKind::BodyTruncated
+    );
 }
 
 #[test]

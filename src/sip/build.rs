@@ -69,7 +69,10 @@ impl<'m> ResponseBuilder<'m> {
                 HeaderName::To => {
                     out.put_slice(b"To: ");
                     out.put_slice(req.field_value(field));
-                    let has_tag = req.to().and_then(Result::ok).is_some_and(|to| to.tag().is_some());
+                    let has_tag = req
+                        .to()
+                        .and_then(Result::ok)
+                        .is_some_and(|to| to.tag().is_some());
                     if let (false, Some(tag), true) = (has_tag, self.to_tag, self.code > 100) {
                         out.put_slice(b";tag=");
                         out.put_slice(tag.as_bytes());

@@ -201,7 +201,9 @@ impl<'m> Editor<'m> {
                 HeaderName::Contact,
             )
         })?;
-        let addr: &NameAddr<'_> = contact.address().ok_or(EditError::Missing(HeaderName::Contact))?;
+        let addr: &NameAddr<'_> = contact
+            .address()
+            .ok_or(EditError::Missing(HeaderName::Contact))?;
         let old = addr.uri().as_bytes();
         let start = span.start() + offset_within(value, old);
         let end = start + old.len();
@@ -235,13 +237,21 @@ impl<'m> Editor<'m> {
                 HeaderName::CSeq,
             )));
         }
-        self.add(span.start(), span.start() + digits, seq.to_string().into_bytes())?;
+        self.add(
+            span.start(),
+            span.start() + digits,
+            seq.to_string().into_bytes(),
+        )?;
         Ok(self)
     }
 
     /// Replaces the body, with Content-Length recomputed (added when missing) and,
     /// when given, Content-Type replaced (or added).
-    pub fn set_body(&mut self, body: &[u8], content_type: Option<&[u8]>) -> Result<&mut Self, EditError> {
+    pub fn set_body(
+        &mut self,
+        body: &[u8],
+        content_type: Option<&[u8]>,
+    ) -> Result<&mut Self, EditError> {
         let msg = self.msg;
         let length = body.len().to_string().into_bytes();
         let end_of_headers = msg
@@ -253,7 +263,11 @@ impl<'m> Editor<'m> {
                 let span = f.value_span();
                 self.add(span.start(), span.end(), length)?;
             }
-            None => self.add(end_of_headers, end_of_headers, Self::line("Content-Length", &length))?,
+            None => self.add(
+                end_of_headers,
+                end_of_headers,
+                Self::line("Content-Length", &length),
+            )?,
         }
         if let Some(ct) = content_type {
             match msg.fields_named(HeaderName::ContentType).next() {
@@ -261,7 +275,11 @@ impl<'m> Editor<'m> {
                     let span = f.value_span();
                     self.add(span.start(), span.end(), ct.to_vec())?;
                 }
-                None => self.add(end_of_headers, end_of_headers, Self::line("Content-Type", ct))?,
+                None => self.add(
+                    end_of_headers,
+                    end_of_headers,
+                    Self::line("Content-Type", ct),
+                )?,
             }
         }
         self.body = Some(body.to_vec());
@@ -274,7 +292,9 @@ impl<'m> Editor<'m> {
         let buf = msg.as_bytes();
         let head_end = msg.head_end();
         let has_blank_line = head_end >= 2
-            && buf.get(..head_end).is_some_and(|h| h.ends_with(b"\n\r\n") || h.ends_with(b"\n\n"));
+            && buf
+                .get(..head_end)
+                .is_some_and(|h| h.ends_with(b"\n\r\n") || h.ends_with(b"\n\n"));
         let body_span = msg.body_span();
         if let Some(body) = self.body.take() {
             let mut with = Vec::with_capacity(body.len() + 2);
@@ -289,7 +309,8 @@ impl<'m> Editor<'m> {
                 with,
             });
         }
-        self.splices.sort_by_key(|s| (s.start, s.end != s.start, s.order));
+        self.splices
+            .sort_by_key(|s| (s.start, s.end != s.start, s.order));
         let extra: usize = self.splices.iter().map(|s| s.with.len()).sum();
         let mut out = BytesMut::with_capacity(buf.len() + extra);
         let mut pos = 0;

@@ -102,7 +102,11 @@ impl StreamFramer {
             }
             let Some(head_len) = self.find_head_end() else {
                 if self.buf.len() > self.limits.max_message_size {
-                    return Err(self.error(ParseErrorKind::TooLarge, self.limits.max_message_size, None));
+                    return Err(self.error(
+                        ParseErrorKind::TooLarge,
+                        self.limits.max_message_size,
+                        None,
+                    ));
                 }
                 return Ok(None);
             };
@@ -117,7 +121,11 @@ impl StreamFramer {
             };
             let total = head_len + body_len;
             if total > self.limits.max_message_size {
-                return Err(self.error(ParseErrorKind::TooLarge, self.limits.max_message_size, None));
+                return Err(self.error(
+                    ParseErrorKind::TooLarge,
+                    self.limits.max_message_size,
+                    None,
+                ));
             }
             self.pending = Some((head, total));
         }

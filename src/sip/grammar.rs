@@ -126,10 +126,7 @@ pub(crate) fn generic_param(i: &[u8]) -> Res<'_, (&[u8], Option<&[u8]>)> {
     let (i, name) = token(i)?;
     let (i, value) = opt(preceded(
         sep(b'='),
-        alt((
-            recognize(quoted_string),
-            take_while1(is_param_value_char),
-        )),
+        alt((recognize(quoted_string), take_while1(is_param_value_char))),
     ))
     .parse(i)?;
     Ok((i, (name, value)))

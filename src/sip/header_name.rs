@@ -199,11 +199,17 @@ mod tests {
 
     #[test]
     fn names_are_case_insensitive_and_compact_forms_map() {
-        assert_eq!(HeaderName::from_bytes(b"MaX-fOrWaRdS"), HeaderName::MaxForwards);
+        assert_eq!(
+            HeaderName::from_bytes(b"MaX-fOrWaRdS"),
+            HeaderName::MaxForwards
+        );
         assert_eq!(HeaderName::from_bytes(b"cseq"), HeaderName::CSeq);
         assert_eq!(HeaderName::from_bytes(b"v"), HeaderName::Via);
         assert_eq!(HeaderName::from_bytes(b"I"), HeaderName::CallId);
-        assert_eq!(HeaderName::from_bytes(b"NewFangledHeader"), HeaderName::Other);
+        assert_eq!(
+            HeaderName::from_bytes(b"NewFangledHeader"),
+            HeaderName::Other
+        );
         assert_eq!(HeaderName::from_bytes(b"q"), HeaderName::Other);
         let long = [b'x'; 64];
         assert_eq!(HeaderName::from_bytes(&long), HeaderName::Other);

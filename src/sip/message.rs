@@ -12,7 +12,7 @@ use bytes::Bytes;
 use super::error::{ParseError, ParseErrorKind};
 use super::grammar::{all_of, is_lws_char, is_token_char};
 use super::header::{
-    ContactValue, ContentType, CSeq, Event, ListIter, NameAddr, SubscriptionState, Via,
+    CSeq, ContactValue, ContentType, Event, ListIter, NameAddr, SubscriptionState, Via,
     parse_contact, parse_token_list_item,
 };
 use super::header_name::HeaderName;
@@ -419,7 +419,9 @@ pub(crate) fn parse_head(buf: &[u8], limits: &Limits, datagram: bool) -> Result<
                 }
                 field.value = Span::new(s, content_end.max(s));
             } else if content_end > pos {
-                let only_ws = buf[pos..content_end].iter().all(|&c| c == b' ' || c == b'\t');
+                let only_ws = buf[pos..content_end]
+                    .iter()
+                    .all(|&c| c == b' ' || c == b'\t');
                 if !only_ws {
                     field.value.end = content_end as u32;
                 }
@@ -779,7 +781,9 @@ impl Message {
 
     /// The Expires header, in seconds (overlarge values saturate).
     pub fn expires(&self) -> Option<Result<u32, ParseError>> {
-        self.single(HeaderName::Expires, |v| all_of(v, super::grammar::delta_seconds))
+        self.single(HeaderName::Expires, |v| {
+            all_of(v, super::grammar::delta_seconds)
+        })
     }
 
     /// Every Contact value (`*` or addresses).
@@ -911,9 +915,9 @@ impl Message {
                     .try_for_each(|r| self.check_sub(name, span, r, NameAddr::parse_bracketed)),
                 HeaderName::From | HeaderName::To => self.check_single(name, span, NameAddr::parse),
                 HeaderName::CSeq => self.check_single(name, span, CSeq::parse),
-                HeaderName::MaxForwards => self.check_single(name, span, |v| {
-                    all_of(v, super::grammar::decimal::<u8>)
-                }),
+                HeaderName::MaxForwards => {
+                    self.check_single(name, span, |v| all_of(v, super::grammar::decimal::<u8>))
+                }
                 HeaderName::CallId => match self.call_id() {
                     Some(Err(e)) => Err(e),
                     _ => Ok(()),

@@ -274,8 +274,7 @@ impl<'a> Uri<'a> {
             }
             pos += 1;
             let start = pos;
-            while pos < params.len() && (is_uri_param_char(params[pos]) || params[pos] == b'=')
-            {
+            while pos < params.len() && (is_uri_param_char(params[pos]) || params[pos] == b'=') {
                 pos += 1;
             }
             if pos == start {

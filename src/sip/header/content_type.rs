@@ -57,7 +57,10 @@ mod tests {
     fn parses_media_types() {
         let c = ContentType::parse(b"multipart/mixed;boundary=unique-boundary-1").unwrap();
         assert!(c.is("Multipart", "MIXED"));
-        assert_eq!(c.params().value("boundary"), Some(&b"unique-boundary-1"[..]));
+        assert_eq!(
+            c.params().value("boundary"),
+            Some(&b"unique-boundary-1"[..])
+        );
         assert!(ContentType::parse(b"application").is_err());
     }
 }

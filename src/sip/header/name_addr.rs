@@ -40,8 +40,14 @@ impl<'a> ContactValue<'a> {
 
 /// Parses one Contact value: `*` or an address.
 pub fn parse_contact(value: &[u8]) -> Result<ContactValue<'_>, usize> {
-    let start = value.iter().position(|&c| !is_lws_char(c)).unwrap_or(value.len());
-    let end = value.iter().rposition(|&c| !is_lws_char(c)).map_or(start, |e| e + 1);
+    let start = value
+        .iter()
+        .position(|&c| !is_lws_char(c))
+        .unwrap_or(value.len());
+    let end = value
+        .iter()
+        .rposition(|&c| !is_lws_char(c))
+        .map_or(start, |e| e + 1);
     if &value[start..end] == b"*" {
         return Ok(ContactValue::Wildcard);
     }
@@ -117,10 +123,7 @@ impl<'a> NameAddr<'a> {
         }
         let (uri, after_uri, bracketed) = match lt {
             Some(lt) => {
-                let close = v[lt + 1..]
-                    .iter()
-                    .position(|&c| c == b'>')
-                    .ok_or(v.len())?;
+                let close = v[lt + 1..].iter().position(|&c| c == b'>').ok_or(v.len())?;
                 let uri_text = &v[lt + 1..lt + 1 + close];
                 let uri = Uri::parse(uri_text).map_err(|at| lt + 1 + at)?;
                 (uri, lt + 1 + close + 1, true)
@@ -163,10 +166,12 @@ impl<'a> NameAddr<'a> {
     /// The display name as text: quotes removed, escapes resolved, folds dropped.
     pub fn display_name(&self) -> Option<String> {
         let raw = self.display?;
-        Some(match raw.strip_prefix(b"\"").and_then(|r| r.strip_suffix(b"\"")) {
-            Some(inner) => unquote(inner),
-            None => String::from_utf8_lossy(raw).into_owned(),
-        })
+        Some(
+            match raw.strip_prefix(b"\"").and_then(|r| r.strip_suffix(b"\"")) {
+                Some(inner) => unquote(inner),
+                None => String::from_utf8_lossy(raw).into_owned(),
+            },
+        )
     }
 
     /// The URI.
@@ -206,7 +211,10 @@ mod tests {
 
     #[test]
     fn quoted_display_and_folded_params() {
-        let a = NameAddr::parse(b"\"J Rosenberg \\\\\\\"\"       <sip:jdrosen@example.com>\r\n  ;\r\n  tag = 98asjd8").unwrap();
+        let a = NameAddr::parse(
+            b"\"J Rosenberg \\\\\\\"\"       <sip:jdrosen@example.com>\r\n  ;\r\n  tag = 98asjd8",
+        )
+        .unwrap();
         assert_eq!(a.display_name().unwrap(), "J Rosenberg \\\"");
         assert_eq!(a.uri().as_bytes(), b"sip:jdrosen@example.com");
         assert_eq!(a.tag(), Some(&b"98asjd8"[..]));

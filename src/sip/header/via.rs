@@ -105,8 +105,10 @@ mod tests {
 
     #[test]
     fn parses_folded_spaced_via() {
-        let v = Via::parse(b"SIP  / 2.0  / TCP     spindle.example.com   ;\r\n  branch  =   z9hG4bK9ikj8")
-            .unwrap();
+        let v = Via::parse(
+            b"SIP  / 2.0  / TCP     spindle.example.com   ;\r\n  branch  =   z9hG4bK9ikj8",
+        )
+        .unwrap();
         assert_eq!(v.transport(), b"TCP");
         assert_eq!(v.host(), b"spindle.example.com");
         assert_eq!(v.branch(), Some(&b"z9hG4bK9ikj8"[..]));
@@ -115,7 +117,8 @@ mod tests {
 
     #[test]
     fn rport_and_received() {
-        let v = Via::parse(b"SIP/2.0/UDP [2001:db8::9]:5070;rport=5071;received=192.0.2.1").unwrap();
+        let v =
+            Via::parse(b"SIP/2.0/UDP [2001:db8::9]:5070;rport=5071;received=192.0.2.1").unwrap();
         assert_eq!(v.host(), b"[2001:db8::9]");
         assert_eq!(v.port(), Some(5070));
         assert_eq!(v.rport(), Some(Some(5071)));
