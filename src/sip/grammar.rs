@@ -17,23 +17,44 @@ use nom::{
 /// Result of a grammar rule over a byte slice.
 pub(crate) type Res<'a, T> = IResult<&'a [u8], T>;
 
-/// RFC 3261 `token` characters.
-pub(crate) fn is_token_char(c: u8) -> bool {
-    c.is_ascii_alphanumeric()
-        || matches!(
-            c,
-            b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~'
-        )
+/// Defines a byte class as a 256-entry table computed at compile time, and an inlined
+/// predicate over it: the parser asks these questions once per input byte.
+macro_rules! byte_class {
+    ($(#[$doc:meta])* $vis:vis fn $name:ident / $table:ident = |$c:ident| $body:expr) => {
+        static $table: [bool; 256] = {
+            let mut table = [false; 256];
+            let mut i = 0;
+            while i < 256 {
+                let $c = i as u8;
+                table[i] = $body;
+                i += 1;
+            }
+            table
+        };
+        $(#[$doc])*
+        #[inline(always)]
+        $vis fn $name(c: u8) -> bool {
+            $table[c as usize]
+        }
+    };
+}
+pub(crate) use byte_class;
+
+byte_class! {
+    /// RFC 3261 `token` characters.
+    pub(crate) fn is_token_char / TOKEN = |c| c.is_ascii_alphanumeric()
+        || matches!(c, b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~')
 }
 
 /// White space inside a header value: SP, HT, and the CR/LF of a fold.
+#[inline(always)]
 pub(crate) fn is_lws_char(c: u8) -> bool {
     matches!(c, b' ' | b'\t' | b'\r' | b'\n')
 }
 
-/// Characters of a host name or IPv4 address (underscore tolerated: real devices use it).
-pub(crate) fn is_host_char(c: u8) -> bool {
-    c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_')
+byte_class! {
+    /// Characters of a host name or IPv4 address (underscore tolerated: real devices use it).
+    pub(crate) fn is_host_char / HOST = |c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_')
 }
 
 /// Optional linear white space (`SWS`).
@@ -115,36 +136,66 @@ pub fn unquote(inner: &[u8]) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Characters of a generic parameter value that is not quoted: token characters plus
-/// `:` `[` `]` (hosts and IPv6 references) and `/` `@` (tolerated from real devices).
-fn is_param_value_char(c: u8) -> bool {
-    is_token_char(c) || matches!(c, b':' | b'[' | b']' | b'/' | b'@' | b'?' | b'<' | b'>')
-}
-
-/// `generic-param = token [ EQUAL gen-value ]`; gen-value is token, host or quoted-string.
-pub(crate) fn generic_param(i: &[u8]) -> Res<'_, (&[u8], Option<&[u8]>)> {
-    let (i, name) = token(i)?;
-    let (i, value) = opt(preceded(
-        sep(b'='),
-        alt((recognize(quoted_string), take_while1(is_param_value_char))),
-    ))
-    .parse(i)?;
-    Ok((i, (name, value)))
+byte_class! {
+    /// Characters of a generic parameter value that is not quoted: token characters plus
+    /// `:` `[` `]` (hosts and IPv6 references) and `/` `@` `?` `<` `>` (tolerated from
+    /// real devices).
+    fn is_param_value_char / PARAM_VALUE = |c| c.is_ascii_alphanumeric()
+        || matches!(c, b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~'
+            | b':' | b'[' | b']' | b'/' | b'@' | b'?' | b'<' | b'>')
 }
 
 /// `*( SEMI generic-param )`: returns the whole raw parameter text, leading `;` included.
+///
+/// Hand-written rather than composed from nom combinators: every Via, address and
+/// Event value goes through here, so it is on the proxy's per-message path. A
+/// parameter that does not parse is left unconsumed (the caller then sees the rest).
 pub(crate) fn generic_params(i: &[u8]) -> Res<'_, &[u8]> {
-    let start = i;
-    let mut rest = i;
-    loop {
-        let attempt: Res<'_, _> = preceded(sep(b';'), generic_param).parse(rest);
-        match attempt {
-            Ok((next, _)) => rest = next,
-            Err(nom::Err::Error(_)) => break,
-            Err(e) => return Err(e),
+    let skip_lws = |mut p: usize| {
+        while p < i.len() && is_lws_char(i[p]) {
+            p += 1;
         }
+        p
+    };
+    let mut done = 0;
+    loop {
+        let mut p = skip_lws(done);
+        if i.get(p) != Some(&b';') {
+            break;
+        }
+        p = skip_lws(p + 1);
+        let name_start = p;
+        while p < i.len() && is_token_char(i[p]) {
+            p += 1;
+        }
+        if p == name_start {
+            break;
+        }
+        let name_end = p;
+        let q = skip_lws(p);
+        if i.get(q) == Some(&b'=') {
+            let v = skip_lws(q + 1);
+            if i.get(v) == Some(&b'"') {
+                match quoted_string(&i[v..]) {
+                    Ok((rest, _)) => p = i.len() - rest.len(),
+                    Err(_) => break,
+                }
+            } else {
+                let mut e = v;
+                while e < i.len() && is_param_value_char(i[e]) {
+                    e += 1;
+                }
+                if e == v {
+                    break;
+                }
+                p = e;
+            }
+        } else {
+            p = name_end;
+        }
+        done = p;
     }
-    Ok((rest, &start[..start.len() - rest.len()]))
+    Ok((&i[done..], &i[..done]))
 }
 
 /// A decimal number that must fit `T` (leading zeros allowed).

@@ -27,13 +27,12 @@ macro_rules! header_names {
                 }
             }
 
-            fn from_lowercase(lower: &[u8]) -> Self {
-                match lower {
-                    $( $lower => Self::$variant, )*
-                    _ => Self::Other,
-                }
-            }
         }
+
+        /// Every known name with its canonical spelling (compact forms aside).
+        const ALL: &[(HeaderName, &str)] = &[ $( (HeaderName::$variant, $canonical), )* ];
+        #[cfg(test)]
+        const ALL_LOWER: &[&[u8]] = &[ $( $lower, )* ];
     };
 }
 
@@ -98,23 +97,56 @@ header_names! {
     WwwAuthenticate => "WWW-Authenticate", b"www-authenticate";
 }
 
-/// Longest known header name, in bytes (`Content-Disposition`, `Request-Disposition`).
-const LONGEST_NAME: usize = 20;
+/// Slots of the name hash table (a power of two).
+const SLOTS: usize = 256;
+
+/// Hash of a header name from its length and its first and last letters, ignoring
+/// case. [`NAME_TABLE`] is checked at compile time to have no two known names in one
+/// slot, so a lookup is one hash, one load and one case-insensitive compare.
+const fn name_hash(len: usize, first: u8, last: u8) -> usize {
+    let first = (first | 0x20) as usize;
+    let last = (last | 0x20) as usize;
+    (len ^ first.wrapping_mul(18) ^ last.wrapping_mul(41)) & (SLOTS - 1)
+}
+
+/// Slot → index into [`ALL`] plus one (0 = empty), built at compile time.
+const NAME_TABLE: [u8; SLOTS] = {
+    let mut table = [0u8; SLOTS];
+    let mut i = 0;
+    while i < ALL.len() {
+        let name = ALL[i].1.as_bytes();
+        let slot = name_hash(name.len(), name[0], name[name.len() - 1]);
+        assert!(
+            table[slot] == 0,
+            "two header names share a hash slot: change name_hash"
+        );
+        table[slot] = (i + 1) as u8;
+        i += 1;
+    }
+    table
+};
 
 impl HeaderName {
     /// Recognises a header name as it appears on the wire: any case, compact forms too.
+    #[inline]
     pub fn from_bytes(name: &[u8]) -> Self {
-        if name.len() == 1 {
-            return Self::from_compact(name[0]);
+        match name {
+            [] => Self::Other,
+            [letter] => Self::from_compact(*letter),
+            [first, .., last] => {
+                let entry = NAME_TABLE[name_hash(name.len(), *first, *last)];
+                match ALL.get(usize::from(entry).wrapping_sub(1)) {
+                    // names nearly always arrive in canonical case: try the plain compare first
+                    Some((known, canonical))
+                        if canonical.as_bytes() == name
+                            || canonical.as_bytes().eq_ignore_ascii_case(name) =>
+                    {
+                        *known
+                    }
+                    _ => Self::Other,
+                }
+            }
         }
-        if name.len() > LONGEST_NAME {
-            return Self::Other;
-        }
-        let mut lower = [0u8; LONGEST_NAME];
-        for (dst, src) in lower.iter_mut().zip(name) {
-            *dst = src.to_ascii_lowercase();
-        }
-        Self::from_lowercase(&lower[..name.len()])
     }
 
     /// The full name for a one-letter compact form (RFC 3261 §7.3.3, IANA registry).
@@ -213,6 +245,24 @@ mod tests {
         assert_eq!(HeaderName::from_bytes(b"q"), HeaderName::Other);
         let long = [b'x'; 64];
         assert_eq!(HeaderName::from_bytes(&long), HeaderName::Other);
+    }
+
+    #[test]
+    fn every_known_name_is_found_in_any_case() {
+        assert_eq!(ALL.len(), ALL_LOWER.len());
+        for ((name, canonical), lower) in ALL.iter().zip(ALL_LOWER) {
+            assert_eq!(canonical.to_ascii_lowercase().as_bytes(), *lower);
+            assert_eq!(HeaderName::from_bytes(canonical.as_bytes()), *name);
+            assert_eq!(HeaderName::from_bytes(lower), *name);
+            assert_eq!(
+                HeaderName::from_bytes(canonical.to_ascii_uppercase().as_bytes()),
+                *name
+            );
+            // a name one letter off is not mistaken for it
+            let mut off = lower.to_vec();
+            off[1] = if off[1] == b'z' { b'y' } else { b'z' };
+            assert_ne!(HeaderName::from_bytes(&off), *name);
+        }
     }
 
     #[test]

@@ -93,20 +93,20 @@ impl<'a> Iterator for ParamIter<'a> {
                 return None;
             }
             // find the end of this parameter: the next ';' outside a quoted string
-            let mut in_quotes = false;
             let mut end = rest.len();
-            let mut pos = 0;
-            while pos < rest.len() {
-                match rest[pos] {
-                    b'\\' if in_quotes => pos += 1,
-                    b'"' => in_quotes = !in_quotes,
-                    b';' if !in_quotes && pos > 0 => {
-                        end = pos;
-                        break;
-                    }
-                    _ => {}
+            let mut pos = usize::from(rest.first() == Some(&b';'));
+            while let Some(i) = memchr::memchr2(b';', b'"', &rest[pos..]) {
+                let at = pos + i;
+                if rest[at] == b';' {
+                    end = at;
+                    break;
                 }
-                pos += 1;
+                // skip the quoted string, honouring backslash escapes
+                let mut q = at + 1;
+                while q < rest.len() && rest[q] != b'"' {
+                    q += if rest[q] == b'\\' { 2 } else { 1 };
+                }
+                pos = (q + 1).min(rest.len());
             }
             let item = &rest[..end];
             self.rest = &rest[end..];

@@ -6,6 +6,7 @@
 
 use std::borrow::Cow;
 
+use super::grammar::{byte_class, is_host_char};
 use super::params::Params;
 
 /// The URI scheme, recognised case-insensitively.
@@ -35,61 +36,27 @@ pub struct Uri<'a> {
     headers: Option<&'a [u8]>,
 }
 
-/// Characters allowed unescaped in the user and password parts. RFC 3261 allows the
-/// unreserved and user-unreserved sets; `#` is tolerated because phones send star and
-/// hash codes unescaped.
-fn is_user_char(c: u8) -> bool {
-    c.is_ascii_alphanumeric()
-        || matches!(
-            c,
-            b'-' | b'_'
-                | b'.'
-                | b'!'
-                | b'~'
-                | b'*'
-                | b'\''
-                | b'('
-                | b')'
-                | b'%'
-                | b'&'
-                | b'='
-                | b'+'
-                | b'$'
-                | b','
-                | b';'
-                | b'?'
-                | b'/'
-                | b'#'
-        )
+byte_class! {
+    /// Characters allowed unescaped in the user and password parts. RFC 3261 allows the
+    /// unreserved and user-unreserved sets; `#` is tolerated because phones send star and
+    /// hash codes unescaped.
+    fn is_user_char / USER = |c| c.is_ascii_alphanumeric()
+        || matches!(c, b'-' | b'_' | b'.' | b'!' | b'~' | b'*' | b'\'' | b'(' | b')' | b'%'
+            | b'&' | b'=' | b'+' | b'$' | b',' | b';' | b'?' | b'/' | b'#')
 }
 
-/// `paramchar` of a URI parameter (param-unreserved, unreserved, escaped).
-fn is_uri_param_char(c: u8) -> bool {
-    c.is_ascii_alphanumeric()
-        || matches!(
-            c,
-            b'[' | b']'
-                | b'/'
-                | b':'
-                | b'&'
-                | b'+'
-                | b'$'
-                | b'-'
-                | b'_'
-                | b'.'
-                | b'!'
-                | b'~'
-                | b'*'
-                | b'\''
-                | b'('
-                | b')'
-                | b'%'
-        )
+byte_class! {
+    /// `paramchar` of a URI parameter (param-unreserved, unreserved, escaped).
+    fn is_uri_param_char / URI_PARAM = |c| c.is_ascii_alphanumeric()
+        || matches!(c, b'[' | b']' | b'/' | b':' | b'&' | b'+' | b'$' | b'-' | b'_' | b'.'
+            | b'!' | b'~' | b'*' | b'\'' | b'(' | b')' | b'%')
 }
 
-/// Characters of URI headers (`?name=value&...`): hnv-unreserved, unreserved, escaped.
-fn is_uri_header_char(c: u8) -> bool {
-    is_uri_param_char(c) || matches!(c, b'=' | b'?' | b'@' | b',' | b';')
+byte_class! {
+    /// Characters of URI headers (`?name=value&...`): hnv-unreserved, unreserved, escaped.
+    fn is_uri_header_char / URI_HEADER = |c| c.is_ascii_alphanumeric()
+        || matches!(c, b'[' | b']' | b'/' | b':' | b'&' | b'+' | b'$' | b'-' | b'_' | b'.'
+            | b'!' | b'~' | b'*' | b'\'' | b'(' | b')' | b'%' | b'=' | b'?' | b'@' | b',' | b';')
 }
 
 fn is_scheme_char(c: u8) -> bool {
@@ -187,9 +154,7 @@ impl<'a> Uri<'a> {
             }
             pos += close + 1;
         } else {
-            while pos < rest.len()
-                && (rest[pos].is_ascii_alphanumeric() || matches!(rest[pos], b'-' | b'.' | b'_'))
-            {
+            while pos < rest.len() && is_host_char(rest[pos]) {
                 pos += 1;
             }
         }

@@ -65,6 +65,10 @@ impl<'a> SubscriptionState<'a> {
     pub fn state(&self) -> &'a [u8] {
         self.state
     }
+    /// All parameters.
+    pub fn params(&self) -> Params<'a> {
+        self.params
+    }
     /// Whether the state is `terminated`.
     pub fn is_terminated(&self) -> bool {
         self.state.eq_ignore_ascii_case(b"terminated")

@@ -53,23 +53,39 @@ impl Iterator for ListIter<'_> {
         let v = self.value;
         let start = self.pos;
         let mut pos = start;
-        let mut in_quotes = false;
-        let mut in_angle = false;
-        let mut end = v.len();
-        while pos < v.len() {
-            match v[pos] {
-                b'\\' if in_quotes => pos += 1,
-                b'"' if !in_angle => in_quotes = !in_quotes,
-                b'<' if !in_quotes => in_angle = true,
-                b'>' if !in_quotes => in_angle = false,
-                b',' if !in_quotes && !in_angle => {
-                    end = pos;
-                    break;
+        // jump from one special character to the next: most values have none at all
+        let end = loop {
+            let Some(i) = memchr::memchr3(b',', b'"', b'<', &v[pos..]) else {
+                break v.len();
+            };
+            let at = pos + i;
+            match v[at] {
+                b',' => break at,
+                b'"' => {
+                    // skip the quoted string, honouring backslash escapes
+                    let mut q = at + 1;
+                    let mut closed = None;
+                    while let Some(j) = memchr::memchr2(b'"', b'\\', &v[q..]) {
+                        if v[q + j] == b'"' {
+                            closed = Some(q + j);
+                            break;
+                        }
+                        q += j + 2;
+                        if q >= v.len() {
+                            break;
+                        }
+                    }
+                    pos = closed.map_or(v.len(), |c| c + 1);
                 }
-                _ => {}
+                _ => {
+                    // '<': skip to the closing '>'
+                    pos = memchr::memchr(b'>', &v[at..]).map_or(v.len(), |j| at + j + 1);
+                }
             }
-            pos += 1;
-        }
+            if pos >= v.len() {
+                break v.len();
+            }
+        };
         if end == v.len() {
             self.done = true;
         } else {
@@ -109,5 +125,10 @@ mod tests {
         assert_eq!(split(b"a,,b"), vec![&b"a"[..], b"", b"b"]);
         assert!(split(b"  ").is_empty());
         assert_eq!(split(b"x ,\r\n y"), vec![&b"x"[..], b"y"]);
+        assert_eq!(
+            split(br#""a\", b" <sip:q>, "unterminated, x"#),
+            vec![&br#""a\", b" <sip:q>"#[..], br#""unterminated, x"#]
+        );
+        assert_eq!(split(b"<sip:a,b"), vec![&b"<sip:a,b"[..]]);
     }
 }
