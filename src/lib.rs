@@ -17,3 +17,4 @@ pub mod demo;
 pub mod fuzzing;
 pub mod inspect;
 pub mod sip;
+pub mod transport;
