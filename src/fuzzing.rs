@@ -1,2 +1,894 @@
 //! Checks shared by the cargo-fuzz targets in `fuzz/` and the stable regression tests
 //! that replay their corpus (`tests/fuzz_corpus.rs`). Not part of the product API.
+//!
+//! Each function takes arbitrary bytes and panics only when an invariant of the wire
+//! layer is broken: an error offset past the input, a span outside the buffer, a typed
+//! view that does not borrow from the message, a verdict that depends on how a TCP
+//! stream was segmented, an edit that changes more (or less) than it was asked to.
+//! Inputs the layer rightly rejects are not failures.
+//!
+//! Input layouts (the corpus seeds in `fuzz/corpus/` follow them):
+//!
+//! - [`datagram`], [`uri`]: the whole input is the message / URI.
+//! - [`stream`]: one control byte (chunking and limits), then the stream bytes.
+//! - [`edit_round_trip`]: two bytes of edit flags, one argument byte, then the message.
+
+use std::borrow::Cow;
+
+use bytes::Bytes;
+
+use crate::sip::edit::Editor;
+use crate::sip::framing::{Frame, StreamFramer};
+use crate::sip::header::cseq::MAX_CSEQ;
+use crate::sip::header::{NameAddr, Via};
+use crate::sip::uri::unescape;
+use crate::sip::{HeaderName, Limits, Message, Method, ParseError, Params, Scheme, StartLine, Uri};
+
+// ---------------------------------------------------------------------------------
+// datagram
+
+/// Parses `data` as one UDP datagram.
+///
+/// On error: the error offset lies within the input.
+///
+/// On success:
+/// - the message is the input less leading line ends (and less bytes past the body
+///   Content-Length announces);
+/// - the header index is sound: header lines follow the start line and each other
+///   without gaps, every name and value span lies inside its line, names are recognised
+///   as written, values carry no surrounding white space, `is_folded` matches the line;
+/// - the body is everything after the header section, and as long as Content-Length
+///   says when that header is present;
+/// - every typed accessor (and every element of every list accessor) either fails
+///   with an offset inside the message or returns views borrowed from the message;
+/// - when [`Message::validate`] accepts the message, the accessors it vouches for
+///   all succeed;
+/// - forwarding it unedited gives back the very same bytes, and re-parsing those bytes
+///   gives an equal message.
+pub fn datagram(data: &[u8]) {
+    match Message::parse(Bytes::copy_from_slice(data)) {
+        Ok(msg) => {
+            let skip = data
+                .iter()
+                .position(|&c| c != b'\r' && c != b'\n')
+                .unwrap_or(data.len());
+            assert!(
+                data[skip..].starts_with(msg.as_bytes()),
+                "the message is not the input less its leading line ends"
+            );
+            check_message(&msg);
+        }
+        Err(e) => check_error_offset(&e, data.len(), "Message::parse"),
+    }
+}
+
+/// Every invariant of a parsed message (see [`datagram`]).
+fn check_message(msg: &Message) {
+    check_index(msg);
+    check_accessors(msg);
+    check_validate_agrees(msg);
+    assert_eq!(
+        Editor::new(msg).finish(),
+        *msg.as_bytes(),
+        "forwarding without edits changed the bytes"
+    );
+    assert_eq!(
+        Message::parse(msg.as_bytes().clone()).as_ref(),
+        Ok(msg),
+        "re-parsing the message's own bytes gives a different message"
+    );
+}
+
+fn check_error_offset(e: &ParseError, len: usize, what: &str) {
+    assert!(
+        e.offset <= len,
+        "{what}: error offset {} past the end ({len} bytes): {e:?}",
+        e.offset
+    );
+}
+
+/// The header index and body position describe the buffer (see [`datagram`]).
+fn check_index(msg: &Message) {
+    let buf = msg.as_bytes();
+    let head_end = msg.head_end();
+    assert!(head_end <= buf.len(), "head_end {head_end} past the buffer");
+    let start_line_end = memchr::memchr(b'\n', buf).map_or(buf.len(), |i| i + 1);
+    check_start_line(msg, start_line_end);
+    let mut pos = start_line_end;
+    for field in msg.fields() {
+        let (name, value, line) = (field.name_span(), field.value_span(), field.line_span());
+        assert_eq!(line.start(), pos, "header lines leave a gap: {field:?}");
+        assert!(line.end() <= head_end, "header line past head_end: {field:?}");
+        assert!(
+            name.start() == line.start() && !name.is_empty() && name.end() <= line.end(),
+            "name span not at the start of its line: {field:?}"
+        );
+        assert!(
+            name.end() <= value.start() && value.start() <= value.end() && value.end() <= line.end(),
+            "value span outside its line: {field:?}"
+        );
+        assert_eq!(
+            HeaderName::from_bytes(msg.field_name(field)),
+            field.name(),
+            "name recognised differently from its bytes: {field:?}"
+        );
+        let v = msg.field_value(field);
+        assert!(
+            !v.first().is_some_and(|c| matches!(c, b' ' | b'\t'))
+                && !v.last().is_some_and(|c| matches!(c, b' ' | b'\t')),
+            "value keeps surrounding white space: {field:?}"
+        );
+        let line_bytes = &buf[line.range()];
+        let inner_newline = line_bytes[..line_bytes.len() - 1].contains(&b'\n');
+        assert_eq!(field.is_folded(), inner_newline, "is_folded is wrong: {field:?}");
+        pos = line.end();
+    }
+    assert!(
+        matches!(buf.get(pos..head_end), Some(b"" | b"\n" | b"\r\n")),
+        "the header section does not end in one blank line (or the buffer's end)"
+    );
+    let body = msg.body_span();
+    assert!(
+        body.start() == head_end && body.end() == buf.len(),
+        "the body is not everything after the header section"
+    );
+    if msg.header_count(HeaderName::ContentLength) > 0 {
+        assert_eq!(
+            msg.content_length(),
+            Some(msg.body().len()),
+            "body length differs from Content-Length"
+        );
+    }
+}
+
+fn check_start_line(msg: &Message, start_line_end: usize) {
+    match *msg.start_line() {
+        StartLine::Request {
+            method,
+            method_span,
+            uri,
+            ..
+        } => {
+            assert!(
+                method_span.start() == 0
+                    && method_span.end() < uri.start()
+                    && uri.end() < start_line_end,
+                "request line spans out of order"
+            );
+            assert_eq!(
+                Method::from_bytes(msg.slice(method_span)),
+                method,
+                "method recognised differently from its bytes"
+            );
+        }
+        StartLine::Response { code, reason } => {
+            assert!((100..=699).contains(&code), "status code {code} out of range");
+            assert!(reason.end() <= start_line_end, "reason past the status line");
+        }
+    }
+}
+
+/// Whether `inner` is empty or lies inside `outer` (typed views borrow, never copy).
+fn within(outer: &[u8], inner: &[u8]) -> bool {
+    let (o, i) = (outer.as_ptr_range(), inner.as_ptr_range());
+    inner.is_empty() || (o.start <= i.start && i.end <= o.end)
+}
+
+fn assert_within(outer: &[u8], inner: &[u8], what: &str) {
+    assert!(within(outer, inner), "{what} is not a slice of its input");
+}
+
+/// Calls every typed accessor and walks every list (see [`datagram`]).
+fn check_accessors(msg: &Message) {
+    let buf: &[u8] = msg.as_bytes();
+    let len = buf.len();
+    let _ = (msg.is_request(), msg.method(), msg.status(), msg.user_agent());
+    for part in [msg.method_bytes(), msg.reason(), msg.request_uri_bytes()]
+        .into_iter()
+        .flatten()
+    {
+        assert_within(buf, part, "a start line part");
+    }
+    match msg.request_uri() {
+        Some(Ok(uri)) => {
+            assert_eq!(Some(uri.as_bytes()), msg.request_uri_bytes(), "request_uri");
+            check_uri_parts(buf, &uri);
+        }
+        Some(Err(e)) => check_error_offset(&e, len, "request_uri"),
+        None => {}
+    }
+    // list values: each inside the value of the field it names
+    let mut names: Vec<HeaderName> = Vec::new();
+    for field in msg.fields() {
+        if names.contains(&field.name()) {
+            continue;
+        }
+        names.push(field.name());
+        for (i, span) in msg.values(field.name()) {
+            let owner = msg.fields()[i].value_span();
+            assert!(
+                msg.fields()[i].name() == field.name()
+                    && owner.start() <= span.start()
+                    && span.end() <= owner.end(),
+                "values({:?}) yields a span outside its field",
+                field.name()
+            );
+        }
+    }
+    for via in msg.vias() {
+        check_typed(via, len, |v| check_via(buf, &v));
+    }
+    for addr in [msg.from(), msg.to()].into_iter().flatten() {
+        check_typed(addr, len, |a| check_name_addr(buf, &a));
+    }
+    let lists = [
+        msg.routes().collect::<Vec<_>>(),
+        msg.record_routes().collect(),
+        msg.paths().collect(),
+        msg.p_asserted_identities().collect(),
+        msg.remote_party_ids().collect(),
+        msg.diversions().collect(),
+        msg.history_info().collect(),
+    ];
+    for addr in lists.into_iter().flatten() {
+        check_typed(addr, len, |a| check_name_addr(buf, &a));
+    }
+    for contact in msg.contacts() {
+        check_typed(contact, len, |c| {
+            if let Some(a) = c.address() {
+                check_name_addr(buf, a);
+            }
+        });
+    }
+    if let Some(r) = msg.call_id() {
+        check_typed(r, len, |id| {
+            assert_within(buf, id, "Call-ID");
+            assert!(
+                !id.is_empty() && id.iter().all(|&c| c > b' ' && c != 0x7f),
+                "Call-ID accepted with white space or controls"
+            );
+        });
+    }
+    if let Some(r) = msg.cseq() {
+        check_typed(r, len, |c| {
+            assert_within(buf, c.method_bytes(), "CSeq method");
+            assert!(c.seq() <= MAX_CSEQ, "CSeq number {} accepted", c.seq());
+            assert_eq!(c.method(), Method::from_bytes(c.method_bytes()), "CSeq method");
+        });
+    }
+    if let Some(r) = msg.max_forwards() {
+        check_typed(r, len, |_| {});
+    }
+    if let Some(r) = msg.expires() {
+        check_typed(r, len, |_| {});
+    }
+    if let Some(r) = msg.event() {
+        check_typed(r, len, |e| {
+            assert_within(buf, e.package(), "Event package");
+            check_params(buf, e.params());
+            let _ = e.id();
+        });
+    }
+    if let Some(r) = msg.subscription_state() {
+        check_typed(r, len, |s| {
+            assert_within(buf, s.state(), "Subscription-State");
+            check_params(buf, s.params());
+            let _ = (s.is_terminated(), s.expires(), s.reason(), s.retry_after());
+        });
+    }
+    if let Some(r) = msg.content_type() {
+        check_typed(r, len, |c| {
+            assert_within(buf, c.media_type(), "media type");
+            assert_within(buf, c.subtype(), "media subtype");
+            check_params(buf, c.params());
+            let _ = c.is("application", "sdp");
+        });
+    }
+    for tag in msg.supported().chain(msg.require()).chain(msg.proxy_require()) {
+        check_typed(tag, len, |t| assert_within(buf, t, "option tag"));
+    }
+}
+
+/// A typed accessor's result: the view passes `check`, or the error points inside.
+fn check_typed<T>(result: Result<T, ParseError>, len: usize, check: impl FnOnce(T)) {
+    match result {
+        Ok(value) => check(value),
+        Err(e) => check_error_offset(&e, len, "typed accessor"),
+    }
+}
+
+fn check_params(buf: &[u8], params: Params<'_>) {
+    assert_within(buf, params.as_bytes(), "parameters");
+    for p in params.iter() {
+        assert_within(buf, p.name, "parameter name");
+        assert!(!p.name.is_empty(), "empty parameter name");
+        if let Some(v) = p.value {
+            assert_within(buf, v, "parameter value");
+        }
+        assert!(
+            !p.name.is_ascii() || params.contains(&String::from_utf8_lossy(p.name)),
+            "a parameter the iterator yields is not found by name"
+        );
+    }
+    let _ = params.is_empty();
+}
+
+fn check_via(buf: &[u8], via: &Via<'_>) {
+    for part in [
+        via.protocol_name(),
+        via.protocol_version(),
+        via.transport(),
+        via.host(),
+    ] {
+        assert_within(buf, part, "a Via part");
+    }
+    assert!(!via.host().is_empty(), "Via accepted without a host");
+    check_params(buf, via.params());
+    assert_eq!(
+        via.has_magic_cookie(),
+        via.branch().is_some_and(|b| b.starts_with(b"z9hG4bK")),
+        "has_magic_cookie disagrees with branch"
+    );
+    let _ = (via.port(), via.received(), via.rport(), via.maddr());
+}
+
+fn check_name_addr(buf: &[u8], addr: &NameAddr<'_>) {
+    if let Some(d) = addr.display_raw() {
+        assert_within(buf, d, "display name");
+    }
+    let _ = (addr.display_name(), addr.is_bracketed(), addr.tag(), addr.expires());
+    check_params(buf, addr.params());
+    check_uri_parts(buf, addr.uri());
+}
+
+/// Every part of a URI borrows from `outer`; unescaping never grows the user part.
+fn check_uri_parts(outer: &[u8], uri: &Uri<'_>) {
+    assert_within(outer, uri.as_bytes(), "URI");
+    let raw = uri.as_bytes();
+    for part in [
+        Some(uri.scheme_raw()),
+        uri.user(),
+        uri.password(),
+        Some(uri.host()),
+        uri.headers(),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        assert_within(raw, part, "a URI part");
+    }
+    check_params(raw, uri.params());
+    if let (Some(user), Some(unescaped)) = (uri.user(), uri.user_unescaped()) {
+        assert!(unescaped.len() <= user.len(), "unescaping grew the user part");
+    }
+    let _ = uri.port();
+}
+
+/// When `validate` accepts a message, what it vouches for must hold (see [`datagram`]).
+fn check_validate_agrees(msg: &Message) {
+    if let Err(e) = msg.validate() {
+        check_error_offset(&e, msg.as_bytes().len(), "validate");
+        return;
+    }
+    assert!(matches!(msg.from(), Some(Ok(_))), "validated without a From");
+    assert!(matches!(msg.to(), Some(Ok(_))), "validated without a To");
+    assert!(matches!(msg.call_id(), Some(Ok(_))), "validated without a Call-ID");
+    assert!(matches!(msg.cseq(), Some(Ok(_))), "validated without a CSeq");
+    assert!(
+        matches!(msg.max_forwards(), None | Some(Ok(_))),
+        "validated a bad Max-Forwards"
+    );
+    assert!(matches!(msg.top_via(), Some(Ok(_))), "validated without a Via");
+    assert!(msg.vias().all(|v| v.is_ok()), "validated a bad Via");
+    assert!(msg.contacts().all(|c| c.is_ok()), "validated a bad Contact");
+    assert!(msg.routes().all(|r| r.is_ok()), "validated a bad Route");
+    assert!(
+        msg.record_routes().all(|r| r.is_ok()),
+        "validated a bad Record-Route"
+    );
+    for name in [
+        HeaderName::CallId,
+        HeaderName::ContentLength,
+        HeaderName::CSeq,
+        HeaderName::From,
+        HeaderName::MaxForwards,
+        HeaderName::To,
+    ] {
+        assert!(msg.header_count(name) <= 1, "validated a repeated {name:?}");
+    }
+    if msg.is_request() {
+        let uri = msg.request_uri();
+        assert!(
+            matches!(uri, Some(Ok(u)) if u.headers().is_none()),
+            "validated a bad Request-URI"
+        );
+        let cseq_method = msg.cseq().and_then(Result::ok).map(|c| c.method_bytes());
+        assert_eq!(cseq_method, msg.method_bytes(), "validated a CSeq method mismatch");
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// stream
+
+/// Limits small enough for fuzz inputs to reach them.
+const SMALL_LIMITS: Limits = Limits {
+    max_message_size: 300,
+    max_headers: 8,
+};
+
+/// Frames `data[1..]` as a TCP stream, in chunks derived from `data[0]` and in one
+/// piece (`data[0]`'s top bit picks small limits so the limit checks are reached).
+///
+/// - Both give the same frames, then the same error or the same number of bytes left
+///   waiting: the verdict does not depend on how the stream was segmented.
+/// - Whenever the framer asks for more bytes, it holds at most `max_message_size`
+///   (limits are enforced before the buffer grows past them).
+/// - Every framed message re-parses as a datagram to an equal message.
+/// - When `data[1..]` parses as a datagram with Content-Length and a blank line, that
+///   message sent three times, split at points derived from `data[0]`, frames into
+///   exactly three equal messages.
+pub fn stream(data: &[u8]) {
+    let Some((&control, bytes)) = data.split_first() else {
+        return;
+    };
+    let limits = if control & 0x80 == 0 {
+        Limits::default()
+    } else {
+        SMALL_LIMITS
+    };
+    let whole = frame_in_chunks(bytes, limits, std::iter::once(bytes.len()));
+    let chunked = frame_in_chunks(bytes, limits, Chunks::new(control));
+    assert_eq!(
+        chunked, whole,
+        "framing in chunks differs from framing in one piece"
+    );
+    for frame in &whole.frames {
+        if let Frame::Message(m) = frame {
+            assert_eq!(
+                Message::parse(m.as_bytes().clone()).as_ref(),
+                Ok(m),
+                "a framed message parses differently as a datagram"
+            );
+        }
+    }
+    repeated_message(control, bytes);
+}
+
+/// What a framer made of a whole stream.
+#[derive(Debug, PartialEq, Eq)]
+struct Framed {
+    frames: Vec<Frame>,
+    /// The first error, or how many bytes were left waiting for more.
+    end: Result<usize, ParseError>,
+}
+
+/// Pushes `stream` in chunks of the given sizes, taking every frame after each push.
+fn frame_in_chunks(
+    stream: &[u8],
+    limits: Limits,
+    mut sizes: impl Iterator<Item = usize>,
+) -> Framed {
+    let mut framer = StreamFramer::new(limits);
+    let mut frames = Vec::new();
+    let mut rest = stream;
+    while !rest.is_empty() {
+        let n = sizes.next().unwrap_or(rest.len()).clamp(1, rest.len());
+        let (chunk, tail) = rest.split_at(n);
+        rest = tail;
+        framer.push(chunk);
+        loop {
+            match framer.next_frame() {
+                Ok(Some(frame)) => frames.push(frame),
+                Ok(None) => break,
+                Err(e) => {
+                    return Framed {
+                        frames,
+                        end: Err(e),
+                    };
+                }
+            }
+        }
+        assert!(
+            framer.buffered() <= limits.max_message_size,
+            "the framer waits for more while holding {} bytes (limit {})",
+            framer.buffered(),
+            limits.max_message_size
+        );
+    }
+    Framed {
+        frames,
+        end: Ok(framer.buffered()),
+    }
+}
+
+/// Chunk sizes from a control byte: its low 3 bits pick the largest size, the whole
+/// byte seeds a xorshift generator.
+struct Chunks {
+    state: u32,
+    largest: u32,
+}
+
+impl Chunks {
+    fn new(control: u8) -> Self {
+        const LARGEST: [u32; 8] = [1, 2, 3, 5, 8, 32, 128, 1024];
+        Self {
+            state: u32::from(control).wrapping_mul(0x9E37_79B9) | 1,
+            largest: LARGEST[usize::from(control & 7)],
+        }
+    }
+}
+
+impl Iterator for Chunks {
+    type Item = usize;
+
+    fn next(&mut self) -> Option<usize> {
+        self.state ^= self.state << 13;
+        self.state ^= self.state >> 17;
+        self.state ^= self.state << 5;
+        Some(1 + (self.state % self.largest) as usize)
+    }
+}
+
+/// Whether the header section ends in a blank line (a datagram may end it with the
+/// buffer instead, which a stream cannot).
+fn has_blank_line(msg: &Message) -> bool {
+    let head = &msg.as_bytes()[..msg.head_end()];
+    head.ends_with(b"\n\n") || head.ends_with(b"\n\r\n")
+}
+
+/// Three copies of one framable message, split anywhere, frame into three equal messages.
+fn repeated_message(control: u8, bytes: &[u8]) {
+    let Ok(msg) = Message::parse(Bytes::copy_from_slice(bytes)) else {
+        return;
+    };
+    if msg.content_length().is_none() || !has_blank_line(&msg) {
+        return;
+    }
+    let stream = msg.as_bytes().repeat(3);
+    let framed = frame_in_chunks(&stream, Limits::default(), Chunks::new(control ^ 0x5a));
+    assert_eq!(framed.end, Ok(0), "three copies of a message left a remainder");
+    assert_eq!(
+        framed.frames,
+        vec![Frame::Message(msg.clone()); 3],
+        "three copies of a message did not frame as three equal messages"
+    );
+}
+
+// ---------------------------------------------------------------------------------
+// uri
+
+/// Parses `data` as a URI.
+///
+/// - On error the offset lies within the input; unescaping never grows the text.
+/// - On success the URI is the whole input; scheme, user, password, host, parameters
+///   and headers are slices of it, in that order; a SIP/SIPS URI has a host; the
+///   scheme is recognised as written; unescaping the user part never grows it; and the
+///   same text between `<` `>` parses as an address with an equal URI.
+pub fn uri(data: &[u8]) {
+    let unescaped: Cow<'_, [u8]> = unescape(data);
+    assert!(unescaped.len() <= data.len(), "unescaping grew the text");
+    let uri = match Uri::parse(data) {
+        Ok(uri) => uri,
+        Err(at) => {
+            assert!(at <= data.len(), "URI error offset {at} past the input");
+            return;
+        }
+    };
+    assert_eq!(uri.as_bytes(), data, "the URI is not the whole input");
+    check_uri_parts(data, &uri);
+    let scheme = uri.scheme_raw();
+    assert!(
+        data.starts_with(scheme) && data.get(scheme.len()) == Some(&b':'),
+        "scheme_raw is not the text before the first colon"
+    );
+    let expected = if scheme.eq_ignore_ascii_case(b"sip") {
+        Scheme::Sip
+    } else if scheme.eq_ignore_ascii_case(b"sips") {
+        Scheme::Sips
+    } else if scheme.eq_ignore_ascii_case(b"tel") {
+        Scheme::Tel
+    } else {
+        Scheme::Other
+    };
+    assert_eq!(uri.scheme(), expected, "scheme recognised differently");
+    if matches!(uri.scheme(), Scheme::Sip | Scheme::Sips) {
+        assert!(!uri.host().is_empty(), "SIP URI accepted without a host");
+        let offset = |part: &[u8]| (part.as_ptr() as usize).wrapping_sub(data.as_ptr() as usize);
+        let mut last = scheme.len();
+        for part in [uri.user(), uri.password(), Some(uri.host())]
+            .into_iter()
+            .flatten()
+            .chain([uri.params().as_bytes(), uri.headers().unwrap_or_default()])
+            .filter(|p| !p.is_empty())
+        {
+            assert!(offset(part) >= last, "URI parts out of order");
+            last = offset(part) + part.len();
+        }
+    }
+    if !data.contains(&b'>') {
+        let bracketed = [b"<", data, b">"].concat();
+        assert_eq!(
+            NameAddr::parse(&bracketed).map(|a| *a.uri()),
+            Ok(uri),
+            "the URI parses differently in <>"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// edit_round_trip
+
+/// A Via value to push (valid, with an RFC 3261 branch).
+const PUSHED_VIA: &[u8] = b"SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bK-fuzz-1";
+/// A Record-Route value to prepend.
+const RECORD_ROUTE: &[u8] = b"<sip:192.0.2.1;lr>";
+/// A Request-URI to set.
+const REQUEST_URI: &[u8] = b"sip:fuzz@192.0.2.7;transport=tcp";
+/// A Contact URI to set.
+const CONTACT_URI: &[u8] = b"sip:fuzz@192.0.2.8:5070";
+/// A body to set: a prefix of this, as long as the argument byte says (mod its length).
+const BODY: &[u8] = b"v=0\r\no=- 1 1 IN IP4 192.0.2.9\r\ns=-\r\nc=IN IP4 192.0.2.9\r\n";
+/// The Content-Type set with the body, when flag 9 is set.
+const BODY_TYPE: &[u8] = b"application/sdp";
+
+/// The edits, one flag bit each (bit 9 adds a Content-Type to `SET_BODY`).
+const PUSH_VIA: u16 = 1;
+const POP_VIA: u16 = 1 << 1;
+const PREPEND_RECORD_ROUTE: u16 = 1 << 2;
+const POP_ROUTE: u16 = 1 << 3;
+const SET_REQUEST_URI: u16 = 1 << 4;
+const SET_MAX_FORWARDS: u16 = 1 << 5;
+const SET_CONTACT_URI: u16 = 1 << 6;
+const SET_CSEQ: u16 = 1 << 7;
+const SET_BODY: u16 = 1 << 8;
+const WITH_CONTENT_TYPE: u16 = 1 << 9;
+
+/// Edits the message in `data[3..]` with the edits flagged in `data[0..2]` (little
+/// endian; `data[2]` is the argument of Max-Forwards, CSeq and the body length), then
+/// checks the edited bytes.
+///
+/// Edits that return an error are dropped. The result of the others must re-parse and
+/// show each edit (new top Via, popped Via/Route gone, new top Record-Route,
+/// Request-URI, Max-Forwards, first Contact's URI with its display name and parameters
+/// kept, CSeq number with the rest of the value kept, body with its Content-Length and
+/// Content-Type), and nothing else may change: the start line, the body and every
+/// header line whose name no edit touched are byte-identical and in the same order.
+pub fn edit_round_trip(data: &[u8]) {
+    let [lo, hi, arg, message @ ..] = data else {
+        return;
+    };
+    let (flags, arg) = (u16::from_le_bytes([*lo, *hi]), *arg);
+    let Ok(original) = Message::parse(Bytes::copy_from_slice(message)) else {
+        return;
+    };
+    let seq = (u32::from(arg) << 23) | u32::from(arg);
+    let body = &BODY[..usize::from(arg) % (BODY.len() + 1)];
+    let content_type = (flags & WITH_CONTENT_TYPE != 0).then_some(BODY_TYPE);
+
+    let on = |flag: u16| flags & flag != 0;
+    let mut editor = Editor::new(&original);
+    let mut done = 0u16;
+    if on(PUSH_VIA) {
+        editor.push_via(PUSHED_VIA);
+        done |= PUSH_VIA;
+    }
+    if on(POP_VIA) && editor.pop_via().is_ok() {
+        done |= POP_VIA;
+    }
+    if on(PREPEND_RECORD_ROUTE) {
+        editor.prepend_record_route(RECORD_ROUTE);
+        done |= PREPEND_RECORD_ROUTE;
+    }
+    if on(POP_ROUTE) && editor.pop_route().is_ok() {
+        done |= POP_ROUTE;
+    }
+    if on(SET_REQUEST_URI) && editor.set_request_uri(REQUEST_URI).is_ok() {
+        done |= SET_REQUEST_URI;
+    }
+    if on(SET_MAX_FORWARDS) && editor.set_max_forwards(arg).is_ok() {
+        done |= SET_MAX_FORWARDS;
+    }
+    if on(SET_CONTACT_URI) && editor.set_contact_uri(0, CONTACT_URI).is_ok() {
+        done |= SET_CONTACT_URI;
+    }
+    if on(SET_CSEQ) && editor.set_cseq(seq).is_ok() {
+        done |= SET_CSEQ;
+    }
+    if on(SET_BODY) && editor.set_body(body, content_type).is_ok() {
+        done |= SET_BODY;
+    }
+    let out = editor.finish();
+
+    let edited = Message::parse(out.clone());
+    assert!(
+        edited.is_ok(),
+        "edits {done:#05x} gave bytes that do not parse ({edited:?}): {:?}",
+        String::from_utf8_lossy(&out)
+    );
+    let Ok(edited) = edited else {
+        return;
+    };
+    let expect = Expected {
+        original: &original,
+        edited: &edited,
+        done,
+    };
+    expect.list(HeaderName::Via, PUSH_VIA, Some(PUSHED_VIA), POP_VIA);
+    expect.list(HeaderName::Route, 0, None, POP_ROUTE);
+    expect.list(
+        HeaderName::RecordRoute,
+        PREPEND_RECORD_ROUTE,
+        Some(RECORD_ROUTE),
+        0,
+    );
+    expect.request_uri();
+    expect.max_forwards(arg);
+    expect.contact();
+    expect.cseq(seq);
+    expect.body(body, content_type);
+    expect.untouched(content_type.is_some());
+}
+
+/// The original and edited message, and which edits were applied.
+struct Expected<'a> {
+    original: &'a Message,
+    edited: &'a Message,
+    done: u16,
+}
+
+/// The bytes of every element of a list header, in order (empty ones included).
+fn list_values(msg: &Message, name: HeaderName) -> Vec<&[u8]> {
+    msg.values(name).map(|(_, span)| msg.slice(span)).collect()
+}
+
+impl Expected<'_> {
+    fn did(&self, flag: u16) -> bool {
+        self.done & flag != 0
+    }
+
+    /// A list header after an optional push (new top value) and optional pop (which
+    /// removes the first element, empty or not). Empty elements (`a,,b`) are then left
+    /// out of the comparison: they are not values, and popping next to one may leave
+    /// an empty line.
+    fn list(&self, name: HeaderName, push: u16, pushed: Option<&[u8]>, pop: u16) {
+        let mut want = list_values(self.original, name);
+        if self.did(pop) && !want.is_empty() {
+            want.remove(0);
+        }
+        if let (true, Some(value)) = (self.did(push), pushed) {
+            want.insert(0, value);
+        }
+        want.retain(|v| !v.is_empty());
+        let mut got = list_values(self.edited, name);
+        got.retain(|v| !v.is_empty());
+        assert_eq!(
+            got,
+            want,
+            "{name:?} values after edits {:#05x}",
+            self.done
+        );
+    }
+
+    fn request_uri(&self) {
+        let want = if self.did(SET_REQUEST_URI) {
+            Some(REQUEST_URI)
+        } else {
+            self.original.request_uri_bytes()
+        };
+        assert_eq!(self.edited.request_uri_bytes(), want, "Request-URI");
+        assert_eq!(
+            self.edited.method_bytes(),
+            self.original.method_bytes(),
+            "method"
+        );
+        assert_eq!(self.edited.status(), self.original.status(), "status");
+        assert_eq!(self.edited.reason(), self.original.reason(), "reason");
+    }
+
+    fn max_forwards(&self, arg: u8) {
+        if self.did(SET_MAX_FORWARDS) {
+            assert_eq!(
+                self.edited.max_forwards(),
+                Some(Ok(arg)),
+                "Max-Forwards after set_max_forwards({arg})"
+            );
+        }
+    }
+
+    fn contact(&self) {
+        if !self.did(SET_CONTACT_URI) {
+            return;
+        }
+        let old = self.original.contacts().next().and_then(Result::ok);
+        let new = self.edited.contacts().next().and_then(Result::ok);
+        let (Some(old), Some(new)) = (
+            old.as_ref().and_then(|c| c.address()),
+            new.as_ref().and_then(|c| c.address()),
+        ) else {
+            assert!(new.is_some(), "the edited first Contact does not parse");
+            return;
+        };
+        assert_eq!(new.uri().as_bytes(), CONTACT_URI, "Contact URI not set");
+        assert_eq!(new.display_raw(), old.display_raw(), "Contact display name");
+        assert_eq!(
+            new.params().as_bytes(),
+            old.params().as_bytes(),
+            "Contact parameters"
+        );
+        let (old_rest, new_rest) = (
+            list_values(self.original, HeaderName::Contact),
+            list_values(self.edited, HeaderName::Contact),
+        );
+        assert_eq!(new_rest.get(1..), old_rest.get(1..), "other Contact values");
+    }
+
+    fn cseq(&self, seq: u32) {
+        if !self.did(SET_CSEQ) {
+            return;
+        }
+        // set_cseq succeeded, so the original has a CSeq starting with digits
+        let old = self.original.header(HeaderName::CSeq).unwrap_or_default();
+        let digits = old.iter().take_while(|c| c.is_ascii_digit()).count();
+        let want = [seq.to_string().as_bytes(), &old[digits..]].concat();
+        assert_eq!(
+            self.edited.header(HeaderName::CSeq),
+            Some(&want[..]),
+            "CSeq after set_cseq({seq})"
+        );
+        if let Some(Ok(old)) = self.original.cseq() {
+            let new = self.edited.cseq();
+            assert!(
+                matches!(new, Some(Ok(c)) if c.seq() == seq && c.method_bytes() == old.method_bytes()),
+                "CSeq after set_cseq({seq}) reads {new:?}"
+            );
+        }
+    }
+
+    fn body(&self, body: &[u8], content_type: Option<&[u8]>) {
+        if !self.did(SET_BODY) {
+            assert_eq!(self.edited.body(), self.original.body(), "body changed");
+            return;
+        }
+        assert_eq!(self.edited.body(), body, "body after set_body");
+        assert_eq!(
+            self.edited.content_length(),
+            Some(body.len()),
+            "Content-Length after set_body"
+        );
+        if let Some(ct) = content_type {
+            assert_eq!(
+                self.edited.header(HeaderName::ContentType),
+                Some(ct),
+                "Content-Type after set_body"
+            );
+        }
+    }
+
+    /// Header lines no edit touched: same names and values, same order.
+    fn untouched(&self, content_type: bool) {
+        let touched = |name: HeaderName| match name {
+            HeaderName::Via => self.did(PUSH_VIA | POP_VIA),
+            HeaderName::Route => self.did(POP_ROUTE),
+            HeaderName::RecordRoute => self.did(PREPEND_RECORD_ROUTE),
+            HeaderName::MaxForwards => self.did(SET_MAX_FORWARDS),
+            HeaderName::Contact => self.did(SET_CONTACT_URI),
+            HeaderName::CSeq => self.did(SET_CSEQ),
+            HeaderName::ContentLength => self.did(SET_BODY),
+            HeaderName::ContentType => self.did(SET_BODY) && content_type,
+            _ => false,
+        };
+        let lines = |m: &Message| -> Vec<(Vec<u8>, Vec<u8>)> {
+            m.fields()
+                .iter()
+                .filter(|f| !touched(f.name()))
+                .map(|f| (m.field_name(f).to_vec(), m.field_value(f).to_vec()))
+                .collect()
+        };
+        assert_eq!(
+            lines(self.edited),
+            lines(self.original),
+            "headers no edit touched changed (edits {:#05x})",
+            self.done
+        );
+    }
+}

@@ -150,3 +150,23 @@ fn overlapping_edits_are_refused_and_missing_headers_reported() {
         Some(EditError::NotARequest)
     );
 }
+
+#[test]
+fn received_and_rport_replace_the_top_vias_own_and_keep_the_rest() {
+    let msg = parse(b"INVITE sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.5:5060;rport;branch=z9hG4bK-a1;received=1.2.3.4;x=\"q\"\r\nVia: SIP/2.0/UDP other;branch=z9hG4bK-o\r\nf: <sip:x@y>;tag=1\r\nt: <sip:a@b>\r\ni: c\r\nCSeq: 2 INVITE\r\nl: 0\r\n\r\n");
+    let mut e = Editor::new(&msg);
+    e.set_top_via_received("192.0.2.7".parse().unwrap(), 40123)
+        .expect("edit");
+    let edited = Message::parse(e.finish()).expect("parses");
+    let top = edited.top_via().expect("Via").expect("parses");
+    assert_eq!(top.received(), Some(&b"192.0.2.7"[..]));
+    assert_eq!(top.rport(), Some(Some(40123)));
+    assert_eq!(top.branch(), Some(&b"z9hG4bK-a1"[..]));
+    assert_eq!(top.params().value("x"), Some(&b"\"q\""[..]));
+    assert_eq!(top.host(), b"10.0.0.5");
+    assert_eq!(edited.vias().count(), 2);
+    assert_eq!(
+        edited.vias().nth(1).expect("second").expect("parses").branch(),
+        Some(&b"z9hG4bK-o"[..])
+    );
+}

@@ -134,6 +134,39 @@ impl<'m> Editor<'m> {
         self.pop_first_value(HeaderName::Via)
     }
 
+    /// Records where the top Via's request really came from (RFC 3581 §4, RFC 3261
+    /// §18.2.1): replaces any `received`/`rport` parameter of the top Via value with
+    /// `;received=IP;rport=PORT`, keeping every other parameter as written.
+    pub fn set_top_via_received(&mut self, ip: std::net::IpAddr, port: u16) -> Result<&mut Self, EditError> {
+        let msg = self.msg;
+        let (_, span) = msg
+            .values(HeaderName::Via)
+            .next()
+            .ok_or(EditError::Missing(HeaderName::Via))?;
+        let value = msg.slice(span);
+        let via = super::header::Via::parse(value).map_err(|at| {
+            ParseError::in_header(super::ParseErrorKind::BadHeaderValue, span.start() + at, HeaderName::Via)
+        })?;
+        let params = via.params().as_bytes();
+        let params_start = span.start() + offset_within(value, params);
+        let mut kept = Vec::with_capacity(params.len() + 48);
+        for p in via.params().iter() {
+            if p.name.eq_ignore_ascii_case(b"received") || p.name.eq_ignore_ascii_case(b"rport") {
+                continue;
+            }
+            kept.push(b';');
+            kept.extend_from_slice(p.name);
+            if let Some(v) = p.value {
+                kept.push(b'=');
+                kept.extend_from_slice(v);
+            }
+        }
+        use std::io::Write as _;
+        let _ = write!(kept, ";received={ip};rport={port}");
+        self.add(params_start, params_start + params.len(), kept)?;
+        Ok(self)
+    }
+
     /// Removes the top Route value (loose routing, RFC 3261 §16.4).
     pub fn pop_route(&mut self) -> Result<&mut Self, EditError> {
         self.pop_first_value(HeaderName::Route)

@@ -169,6 +169,8 @@ pub enum StartLine {
         method_span: Span,
         /// Where the Request-URI is.
         uri: Span,
+        /// Where the SIP-Version is (`SIP/2.0`; another version fails `validate`).
+        version: Span,
     },
     /// `SIP-Version SP Status-Code SP Reason-Phrase`
     Response {
@@ -349,24 +351,16 @@ fn parse_start_line(buf: &[u8], end: usize) -> Result<StartLine, ParseError> {
     if sp2 == uri_start || version.contains(&b' ') || version.contains(&b'\t') {
         return bad(ParseErrorKind::BadStartLine, sp2);
     }
-    if !is_sip_version(version) {
-        return bad(
-            if is_other_sip_version(version) {
-                ParseErrorKind::BadVersion
-            } else {
-                ParseErrorKind::BadStartLine
-            },
-            version_start,
-        );
-    }
-    let uri = &line[uri_start..sp2];
-    if uri.starts_with(b"<") {
-        return bad(ParseErrorKind::BadRequestUri, uri_start);
+    // Another SIP version still frames a message: `validate` reports it, so that the
+    // proxy can answer 505 (RFC 4475 §3.1.2.16). Anything else is not SIP.
+    if !is_sip_version(version) && !is_other_sip_version(version) {
+        return bad(ParseErrorKind::BadStartLine, version_start);
     }
     Ok(StartLine::Request {
         method: Method::from_bytes(method),
         method_span: Span::new(0, sp1),
         uri: Span::new(uri_start, sp2),
+        version: Span::new(version_start, end),
     })
 }
 
@@ -864,12 +858,18 @@ impl Message {
             .or_else(|| self.header(HeaderName::Server))
     }
 
-    /// Checks what a proxy relies on: every Via, From, To, Call-ID, CSeq (method equal
+    /// Checks what a proxy relies on: the SIP version is 2.0; the Request-URI parses and
+    /// holds no headers; every Via, From, To, Call-ID, CSeq (method equal
     /// to the request method), Max-Forwards, Contact, Route and Record-Route parse;
     /// the mandatory headers are present; single-valued headers appear once.
     ///
     /// Headers are checked in message order, so the error names the first defect.
     pub fn validate(&self) -> Result<(), ParseError> {
+        if let StartLine::Request { version, .. } = self.start {
+            if !is_sip_version(self.slice(version)) {
+                return Err(ParseError::new(ParseErrorKind::BadVersion, version.start()));
+            }
+        }
         if let Some(Err(e)) = self.request_uri() {
             return Err(e);
         }
