@@ -22,7 +22,7 @@ use crate::sip::framing::{Frame, StreamFramer};
 use crate::sip::header::cseq::MAX_CSEQ;
 use crate::sip::header::{NameAddr, Via};
 use crate::sip::uri::unescape;
-use crate::sip::{HeaderName, Limits, Message, Method, ParseError, Params, Scheme, StartLine, Uri};
+use crate::sip::{HeaderName, Limits, Message, Method, Params, ParseError, Scheme, StartLine, Uri};
 
 // ---------------------------------------------------------------------------------
 // datagram
@@ -98,13 +98,18 @@ fn check_index(msg: &Message) {
     for field in msg.fields() {
         let (name, value, line) = (field.name_span(), field.value_span(), field.line_span());
         assert_eq!(line.start(), pos, "header lines leave a gap: {field:?}");
-        assert!(line.end() <= head_end, "header line past head_end: {field:?}");
+        assert!(
+            line.end() <= head_end,
+            "header line past head_end: {field:?}"
+        );
         assert!(
             name.start() == line.start() && !name.is_empty() && name.end() <= line.end(),
             "name span not at the start of its line: {field:?}"
         );
         assert!(
-            name.end() <= value.start() && value.start() <= value.end() && value.end() <= line.end(),
+            name.end() <= value.start()
+                && value.start() <= value.end()
+                && value.end() <= line.end(),
             "value span outside its line: {field:?}"
         );
         assert_eq!(
@@ -120,7 +125,11 @@ fn check_index(msg: &Message) {
         );
         let line_bytes = &buf[line.range()];
         let inner_newline = line_bytes[..line_bytes.len() - 1].contains(&b'\n');
-        assert_eq!(field.is_folded(), inner_newline, "is_folded is wrong: {field:?}");
+        assert_eq!(
+            field.is_folded(),
+            inner_newline,
+            "is_folded is wrong: {field:?}"
+        );
         pos = line.end();
     }
     assert!(
@@ -162,8 +171,14 @@ fn check_start_line(msg: &Message, start_line_end: usize) {
             );
         }
         StartLine::Response { code, reason } => {
-            assert!((100..=699).contains(&code), "status code {code} out of range");
-            assert!(reason.end() <= start_line_end, "reason past the status line");
+            assert!(
+                (100..=699).contains(&code),
+                "status code {code} out of range"
+            );
+            assert!(
+                reason.end() <= start_line_end,
+                "reason past the status line"
+            );
         }
     }
 }
@@ -182,7 +197,12 @@ fn assert_within(outer: &[u8], inner: &[u8], what: &str) {
 fn check_accessors(msg: &Message) {
     let buf: &[u8] = msg.as_bytes();
     let len = buf.len();
-    let _ = (msg.is_request(), msg.method(), msg.status(), msg.user_agent());
+    let _ = (
+        msg.is_request(),
+        msg.method(),
+        msg.status(),
+        msg.user_agent(),
+    );
     for part in [msg.method_bytes(), msg.reason(), msg.request_uri_bytes()]
         .into_iter()
         .flatten()
@@ -253,7 +273,11 @@ fn check_accessors(msg: &Message) {
         check_typed(r, len, |c| {
             assert_within(buf, c.method_bytes(), "CSeq method");
             assert!(c.seq() <= MAX_CSEQ, "CSeq number {} accepted", c.seq());
-            assert_eq!(c.method(), Method::from_bytes(c.method_bytes()), "CSeq method");
+            assert_eq!(
+                c.method(),
+                Method::from_bytes(c.method_bytes()),
+                "CSeq method"
+            );
         });
     }
     if let Some(r) = msg.max_forwards() {
@@ -284,7 +308,11 @@ fn check_accessors(msg: &Message) {
             let _ = c.is("application", "sdp");
         });
     }
-    for tag in msg.supported().chain(msg.require()).chain(msg.proxy_require()) {
+    for tag in msg
+        .supported()
+        .chain(msg.require())
+        .chain(msg.proxy_require())
+    {
         check_typed(tag, len, |t| assert_within(buf, t, "option tag"));
     }
 }
@@ -336,7 +364,12 @@ fn check_name_addr(buf: &[u8], addr: &NameAddr<'_>) {
     if let Some(d) = addr.display_raw() {
         assert_within(buf, d, "display name");
     }
-    let _ = (addr.display_name(), addr.is_bracketed(), addr.tag(), addr.expires());
+    let _ = (
+        addr.display_name(),
+        addr.is_bracketed(),
+        addr.tag(),
+        addr.expires(),
+    );
     check_params(buf, addr.params());
     check_uri_parts(buf, addr.uri());
 }
@@ -359,7 +392,10 @@ fn check_uri_parts(outer: &[u8], uri: &Uri<'_>) {
     }
     check_params(raw, uri.params());
     if let (Some(user), Some(unescaped)) = (uri.user(), uri.user_unescaped()) {
-        assert!(unescaped.len() <= user.len(), "unescaping grew the user part");
+        assert!(
+            unescaped.len() <= user.len(),
+            "unescaping grew the user part"
+        );
     }
     let _ = uri.port();
 }
@@ -370,15 +406,27 @@ fn check_validate_agrees(msg: &Message) {
         check_error_offset(&e, msg.as_bytes().len(), "validate");
         return;
     }
-    assert!(matches!(msg.from(), Some(Ok(_))), "validated without a From");
+    assert!(
+        matches!(msg.from(), Some(Ok(_))),
+        "validated without a From"
+    );
     assert!(matches!(msg.to(), Some(Ok(_))), "validated without a To");
-    assert!(matches!(msg.call_id(), Some(Ok(_))), "validated without a Call-ID");
-    assert!(matches!(msg.cseq(), Some(Ok(_))), "validated without a CSeq");
+    assert!(
+        matches!(msg.call_id(), Some(Ok(_))),
+        "validated without a Call-ID"
+    );
+    assert!(
+        matches!(msg.cseq(), Some(Ok(_))),
+        "validated without a CSeq"
+    );
     assert!(
         matches!(msg.max_forwards(), None | Some(Ok(_))),
         "validated a bad Max-Forwards"
     );
-    assert!(matches!(msg.top_via(), Some(Ok(_))), "validated without a Via");
+    assert!(
+        matches!(msg.top_via(), Some(Ok(_))),
+        "validated without a Via"
+    );
     assert!(msg.vias().all(|v| v.is_ok()), "validated a bad Via");
     assert!(msg.contacts().all(|c| c.is_ok()), "validated a bad Contact");
     assert!(msg.routes().all(|r| r.is_ok()), "validated a bad Route");
@@ -403,7 +451,11 @@ fn check_validate_agrees(msg: &Message) {
             "validated a bad Request-URI"
         );
         let cseq_method = msg.cseq().and_then(Result::ok).map(|c| c.method_bytes());
-        assert_eq!(cseq_method, msg.method_bytes(), "validated a CSeq method mismatch");
+        assert_eq!(
+            cseq_method,
+            msg.method_bytes(),
+            "validated a CSeq method mismatch"
+        );
     }
 }
 
@@ -546,7 +598,11 @@ fn repeated_message(control: u8, bytes: &[u8]) {
     }
     let stream = msg.as_bytes().repeat(3);
     let framed = frame_in_chunks(&stream, Limits::default(), Chunks::new(control ^ 0x5a));
-    assert_eq!(framed.end, Ok(0), "three copies of a message left a remainder");
+    assert_eq!(
+        framed.end,
+        Ok(0),
+        "three copies of a message left a remainder"
+    );
     assert_eq!(
         framed.frames,
         vec![Frame::Message(msg.clone()); 3],
@@ -761,12 +817,7 @@ impl Expected<'_> {
         want.retain(|v| !v.is_empty());
         let mut got = list_values(self.edited, name);
         got.retain(|v| !v.is_empty());
-        assert_eq!(
-            got,
-            want,
-            "{name:?} values after edits {:#05x}",
-            self.done
-        );
+        assert_eq!(got, want, "{name:?} values after edits {:#05x}", self.done);
     }
 
     fn request_uri(&self) {

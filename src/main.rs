@@ -33,6 +33,12 @@ enum Command {
         #[arg(long, default_value = "sip-traces")]
         traces: PathBuf,
     },
+    /// Load and validate a configuration file; print a summary, or the error with its
+    /// file, line and key. Exits 0 when the file is valid, 1 otherwise.
+    CheckConfig {
+        /// The configuration file (TOML).
+        file: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -53,5 +59,16 @@ fn main() -> ExitCode {
             }
         }
         Command::Demo { traces } => presence_proxy::demo::demo(&traces),
+        Command::CheckConfig { file } => match presence_proxy::config::Config::load(&file) {
+            Ok(config) => {
+                println!("{}: ok", file.display());
+                println!("{}", config.summary());
+                ExitCode::SUCCESS
+            }
+            Err(err) => {
+                eprintln!("{err}");
+                ExitCode::from(1)
+            }
+        },
     }
 }

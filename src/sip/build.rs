@@ -203,3 +203,53 @@ impl DialogRequest<'_> {
         head.freeze()
     }
 }
+
+/// The CANCEL for a request the proxy forwarded (RFC 3261 §9.1): same Request-URI,
+/// Call-ID, From, To, CSeq number and Route headers; only the request's top Via.
+pub fn cancel_for(request: &Message) -> Bytes {
+    hop_by_hop_request(request, b"CANCEL", None)
+}
+
+/// The ACK for a non-2xx final response to an INVITE the proxy forwarded
+/// (RFC 3261 §17.1.1.3): as a CANCEL, but To is taken from the response (with its tag).
+pub fn ack_for(invite: &Message, response: &Message) -> Bytes {
+    hop_by_hop_request(invite, b"ACK", response.header(HeaderName::To))
+}
+
+fn hop_by_hop_request(request: &Message, method: &[u8], to: Option<&[u8]>) -> Bytes {
+    let mut out = BytesMut::with_capacity(request.head_end());
+    out.put_slice(method);
+    out.put_u8(b' ');
+    out.put_slice(request.request_uri_bytes().unwrap_or_default());
+    out.put_slice(b" SIP/2.0\r\n");
+    let mut line = |name: &[u8], value: &[u8]| {
+        out.put_slice(name);
+        out.put_slice(b": ");
+        out.put_slice(value);
+        out.put_slice(b"\r\n");
+    };
+    if let Some((_, top)) = request.values(HeaderName::Via).next() {
+        line(b"Via", request.slice(top));
+    }
+    for field in request.fields_named(HeaderName::Route) {
+        line(b"Route", request.field_value(field));
+    }
+    line(b"Max-Forwards", b"70");
+    if let Some(from) = request.header(HeaderName::From) {
+        line(b"From", from);
+    }
+    if let Some(to) = to.or_else(|| request.header(HeaderName::To)) {
+        line(b"To", to);
+    }
+    if let Some(call_id) = request.header(HeaderName::CallId) {
+        line(b"Call-ID", call_id);
+    }
+    let seq = request.cseq().and_then(Result::ok).map_or(0, |c| c.seq());
+    let mut cseq = seq.to_string().into_bytes();
+    cseq.push(b' ');
+    cseq.extend_from_slice(method);
+    line(b"CSeq", &cseq);
+    line(b"Content-Length", b"0");
+    out.put_slice(b"\r\n");
+    out.freeze()
+}

@@ -102,31 +102,38 @@ impl<'m> Editor<'m> {
         self.insert_header("Via", value)
     }
 
-    /// Removes the first value of the first header with this name: the whole line when
-    /// it holds one value, else that value and its comma.
-    fn pop_first_value(&mut self, name: HeaderName) -> Result<&mut Self, EditError> {
+    /// Removes the first `count` values of a list header, across lines: a line all of
+    /// whose values go is removed whole (folds included); from a line that keeps some,
+    /// the removed values and their commas go.
+    pub fn pop_values(&mut self, name: HeaderName, count: usize) -> Result<&mut Self, EditError> {
         let msg = self.msg;
-        let (index, field) = msg
-            .fields()
-            .iter()
-            .enumerate()
-            .find(|(_, f)| f.name() == name)
-            .ok_or(EditError::Missing(name))?;
-        let value = msg.field_value(field);
-        let mut items = ListIter::new(value);
-        let _first = items.next().ok_or(EditError::Missing(name))?;
-        match items.next() {
-            None => {
+        let mut remaining = count;
+        for field in msg.fields().iter().filter(|f| f.name() == name) {
+            if remaining == 0 {
+                break;
+            }
+            let items: Vec<_> = ListIter::new(msg.field_value(field)).collect();
+            if items.is_empty() {
+                continue;
+            }
+            if items.len() <= remaining {
                 let line = field.line_span();
                 self.add(line.start(), line.end(), Vec::new())?;
-            }
-            Some(second) => {
+                remaining -= items.len();
+            } else {
                 let base = field.value_span().start();
-                self.add(base, base + second.start, Vec::new())?;
+                self.add(base, base + items[remaining].start, Vec::new())?;
+                remaining = 0;
             }
         }
-        let _ = index;
+        if remaining > 0 {
+            return Err(EditError::Missing(name));
+        }
         Ok(self)
+    }
+
+    fn pop_first_value(&mut self, name: HeaderName) -> Result<&mut Self, EditError> {
+        self.pop_values(name, 1)
     }
 
     /// Removes the top Via value (responses going upstream, RFC 3261 §16.7 step 3).
@@ -137,7 +144,11 @@ impl<'m> Editor<'m> {
     /// Records where the top Via's request really came from (RFC 3581 §4, RFC 3261
     /// §18.2.1): replaces any `received`/`rport` parameter of the top Via value with
     /// `;received=IP;rport=PORT`, keeping every other parameter as written.
-    pub fn set_top_via_received(&mut self, ip: std::net::IpAddr, port: u16) -> Result<&mut Self, EditError> {
+    pub fn set_top_via_received(
+        &mut self,
+        ip: std::net::IpAddr,
+        port: u16,
+    ) -> Result<&mut Self, EditError> {
         let msg = self.msg;
         let (_, span) = msg
             .values(HeaderName::Via)
@@ -145,7 +156,11 @@ impl<'m> Editor<'m> {
             .ok_or(EditError::Missing(HeaderName::Via))?;
         let value = msg.slice(span);
         let via = super::header::Via::parse(value).map_err(|at| {
-            ParseError::in_header(super::ParseErrorKind::BadHeaderValue, span.start() + at, HeaderName::Via)
+            ParseError::in_header(
+                super::ParseErrorKind::BadHeaderValue,
+                span.start() + at,
+                HeaderName::Via,
+            )
         })?;
         let params = via.params().as_bytes();
         let params_start = span.start() + offset_within(value, params);

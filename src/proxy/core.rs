@@ -1,0 +1,1252 @@
+//! The stateful proxy: RFC 3261 §16 request processing, §17 transactions, routing
+//! between phones and the PBX, and the limits that keep it bounded. Sans-IO: messages
+//! and time come in as arguments, datagrams to send and the next deadline go out.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt::Write as _;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tracing::{debug, warn};
+
+use super::flow::{ALIAS_PARAM, AliasTable, ConnId, Flow, parse_token, token_text};
+use super::limits::RateLimiter;
+use super::timers::{Deadline, T1, T2, TIMEOUT, TIMER_C, TimerKind, TimerQueue};
+use super::transaction::{ClientState, KeyMethod, ServerKey, ServerState, Txn};
+use crate::config::Cidr;
+use crate::sip::build::{ResponseBuilder, ack_for, cancel_for};
+use crate::sip::edit::Editor;
+use crate::sip::header::ContactValue;
+use crate::sip::{HeaderName, Message, Method, ParseError, Scheme, Uri};
+use crate::transport::Transport;
+
+/// Prefix of every branch this proxy writes: responses carrying it are ours.
+const BRANCH_PREFIX: &str = "z9hG4bKpp";
+
+/// Default Max-Forwards when a request carries none (RFC 3261 §16.6 step 3).
+const DEFAULT_MAX_FORWARDS: u8 = 70;
+
+/// How often expired aliases and idle rate buckets are swept.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
+
+/// A socket the proxy listens on, and the address it tells others to use for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Listener {
+    /// Transport of the listener.
+    pub transport: Transport,
+    /// Address the socket is bound to.
+    pub local: SocketAddr,
+    /// Address written into Via, Record-Route, Path and aliased Contacts.
+    pub advertised: SocketAddr,
+}
+
+/// What the core needs to know, resolved and validated by the caller.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    /// The listeners (at least one).
+    pub listeners: Vec<Listener>,
+    /// The PBX's address.
+    pub pbx: SocketAddr,
+    /// Transport towards the PBX.
+    pub pbx_transport: Transport,
+    /// Whether the PBX supports Path (RFC 3327); else Contacts are aliased.
+    pub pbx_path: bool,
+    /// Networks phones may send from.
+    pub allowed_networks: Vec<Cidr>,
+    /// Most transactions at once.
+    pub max_transactions: usize,
+    /// Most aliases (bindings and flow tokens) at once.
+    pub max_bindings: usize,
+    /// Requests per second per source address.
+    pub max_requests_per_second_per_source: u32,
+    /// Seed for branches, tags and tokens (deterministic tests; random in production).
+    pub seed: u64,
+}
+
+/// A message to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transmit {
+    /// Where and how: the local socket to send from, the peer, and the connection to
+    /// use (`None` for a stream: use any open connection to the peer, or open one).
+    pub flow: Flow,
+    /// The message.
+    pub bytes: Bytes,
+}
+
+/// Which side a request came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Phone,
+    Pbx,
+}
+
+/// Where a request goes, and how its Request-URI changes.
+#[derive(Debug, Clone)]
+struct Target {
+    flow: Flow,
+    request_uri: Option<Bytes>,
+    /// The phone-side flow, whose token goes into Record-Route.
+    phone_flow: Flow,
+}
+
+/// Counters for metrics and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Messages that could not be parsed or validated.
+    pub parse_errors: u64,
+    /// Requests forwarded (retransmissions excluded).
+    pub requests_forwarded: u64,
+    /// Responses forwarded.
+    pub responses_forwarded: u64,
+    /// Responses the proxy generated (100, 4xx, 5xx).
+    pub responses_generated: u64,
+    /// Retransmissions the proxy sent (requests and responses).
+    pub retransmissions: u64,
+    /// Requests refused by access control or limits.
+    pub refused: u64,
+}
+
+/// The stateful proxy core.
+#[derive(Debug)]
+pub struct Proxy {
+    config: ProxyConfig,
+    txns: HashMap<u64, Txn>,
+    by_server_key: HashMap<ServerKey, u64>,
+    by_branch: HashMap<Box<[u8]>, u64>,
+    timers: TimerQueue,
+    aliases: AliasTable,
+    limiter: RateLimiter,
+    out: VecDeque<Transmit>,
+    next_id: u64,
+    next_sweep: Option<Instant>,
+    stats: Stats,
+}
+
+/// Formats an address as a SIP host:port (IPv6 in brackets).
+fn host_port(addr: SocketAddr) -> String {
+    match addr.ip() {
+        IpAddr::V4(ip) => format!("{ip}:{}", addr.port()),
+        IpAddr::V6(ip) => format!("[{ip}]:{}", addr.port()),
+    }
+}
+
+/// Parses a URI host (IPv6 with brackets) as an IP address.
+fn host_ip(host: &[u8]) -> Option<IpAddr> {
+    let text = std::str::from_utf8(host).ok()?;
+    let text = text
+        .strip_prefix('[')
+        .and_then(|t| t.strip_suffix(']'))
+        .unwrap_or(text);
+    text.parse().ok()
+}
+
+fn lossy(b: &[u8]) -> std::borrow::Cow<'_, str> {
+    String::from_utf8_lossy(b)
+}
+
+impl Proxy {
+    /// A proxy with no state yet.
+    pub fn new(config: ProxyConfig) -> Self {
+        let aliases = AliasTable::new(config.seed, config.max_bindings);
+        let limiter = RateLimiter::new(config.max_requests_per_second_per_source);
+        Self {
+            config,
+            txns: HashMap::new(),
+            by_server_key: HashMap::new(),
+            by_branch: HashMap::new(),
+            timers: TimerQueue::default(),
+            aliases,
+            limiter,
+            out: VecDeque::new(),
+            next_id: 1,
+            next_sweep: None,
+            stats: Stats::default(),
+        }
+    }
+
+    /// The next message to send.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.out.pop_front()
+    }
+
+    /// When [`Proxy::handle_timeout`] must next be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match (self.timers.next_at(), self.next_sweep) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Open transactions.
+    pub fn transaction_count(&self) -> usize {
+        self.txns.len()
+    }
+
+    /// Registered bindings.
+    pub fn binding_count(&self) -> usize {
+        self.aliases.registered_count()
+    }
+
+    /// Alias table entries (bindings and flow tokens).
+    pub fn alias_count(&self) -> usize {
+        self.aliases.len()
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    /// A TCP/TLS connection closed: forget it in every flow that used it.
+    pub fn connection_closed(&mut self, conn: ConnId) {
+        self.aliases.connection_closed(conn);
+        for txn in self.txns.values_mut() {
+            if txn.upstream.conn == Some(conn) {
+                txn.upstream.conn = None;
+            }
+            if txn.downstream.conn == Some(conn) {
+                txn.downstream.conn = None;
+            }
+        }
+    }
+
+    /// A UDP datagram arrived.
+    pub fn handle_datagram(&mut self, now: Instant, flow: Flow, bytes: Bytes) {
+        if bytes.iter().all(|&c| c == b'\r' || c == b'\n' || c == 0) {
+            return; // keep-alive (CRLF or NUL) from a phone behind NAT
+        }
+        match Message::parse(bytes) {
+            Ok(msg) => self.handle_message(now, flow, msg),
+            Err(e) => {
+                self.stats.parse_errors += 1;
+                warn!(source = %flow.remote, transport = %flow.transport, error = %e, "dropped unparseable SIP message");
+            }
+        }
+    }
+
+    /// A whole message arrived (a datagram already parsed, or framed from a stream).
+    pub fn handle_message(&mut self, now: Instant, flow: Flow, msg: Message) {
+        self.arm_sweep(now);
+        if let Err(e) = msg.validate() {
+            self.stats.parse_errors += 1;
+            self.reject_invalid(flow, &msg, &e);
+            return;
+        }
+        if msg.is_request() {
+            self.handle_request(now, flow, msg);
+        } else {
+            self.handle_response(now, flow, msg);
+        }
+    }
+
+    fn arm_sweep(&mut self, now: Instant) {
+        if self.next_sweep.is_none() {
+            self.next_sweep = Some(now + SWEEP_INTERVAL);
+        }
+    }
+
+    fn reject_invalid(&mut self, flow: Flow, msg: &Message, e: &ParseError) {
+        let call_id = msg
+            .header(HeaderName::CallId)
+            .map(lossy)
+            .unwrap_or_default();
+        warn!(source = %flow.remote, transport = %flow.transport, call_id = %call_id, error = %e, "invalid SIP message");
+        if msg.is_request()
+            && msg.method() != Some(Method::Ack)
+            && msg.header(HeaderName::Via).is_some()
+        {
+            let bytes = ResponseBuilder::new(msg, e.response_status(), e.reason_phrase()).build();
+            self.stats.responses_generated += 1;
+            self.send(flow, bytes);
+        }
+    }
+
+    fn send(&mut self, flow: Flow, bytes: Bytes) {
+        self.out.push_back(Transmit { flow, bytes });
+    }
+
+    fn respond(
+        &mut self,
+        flow: Flow,
+        request: &Message,
+        code: u16,
+        reason: &str,
+        extra: &[(&str, &[u8])],
+    ) -> Bytes {
+        let tag = self.tag_for(request);
+        let mut builder = ResponseBuilder::new(request, code, reason).to_tag(&tag);
+        for (name, value) in extra {
+            builder = builder.header(name, value);
+        }
+        let bytes = builder.build();
+        self.stats.responses_generated += 1;
+        self.send(flow, bytes.clone());
+        bytes
+    }
+
+    /// A To tag for a response the proxy generates: stable per request, so a
+    /// retransmitted request gets the same tag.
+    fn tag_for(&self, request: &Message) -> String {
+        let mut h = DefaultHasher::new();
+        self.config.seed.hash(&mut h);
+        request.header(HeaderName::CallId).hash(&mut h);
+        request.header(HeaderName::CSeq).hash(&mut h);
+        format!("pp{:012x}", h.finish() & 0xffff_ffff_ffff)
+    }
+
+    fn new_branch(&mut self, id: u64) -> String {
+        let mut h = DefaultHasher::new();
+        self.config.seed.hash(&mut h);
+        id.hash(&mut h);
+        format!("{BRANCH_PREFIX}{:016x}", h.finish())
+    }
+
+    /// The branch for a request forwarded without a transaction (a 2xx ACK): derived
+    /// from the incoming branch, so its retransmissions get the same one (§16.11).
+    fn stateless_branch(&self, msg: &Message) -> String {
+        let mut h = DefaultHasher::new();
+        self.config.seed.hash(&mut h);
+        msg.top_via()
+            .and_then(Result::ok)
+            .and_then(|v| v.branch())
+            .hash(&mut h);
+        msg.header(HeaderName::CallId).hash(&mut h);
+        format!("{BRANCH_PREFIX}s{:016x}", h.finish())
+    }
+
+    fn is_pbx(&self, flow: &Flow) -> bool {
+        flow.remote.ip() == self.config.pbx.ip()
+    }
+
+    fn is_allowed_phone(&self, ip: IpAddr) -> bool {
+        self.config.allowed_networks.iter().any(|n| n.contains(ip))
+    }
+
+    /// The listener to send from for a transport and peer address family.
+    fn listener_for(&self, transport: Transport, peer: SocketAddr) -> Listener {
+        let same_family = |l: &&Listener| l.local.is_ipv4() == peer.is_ipv4();
+        self.config
+            .listeners
+            .iter()
+            .filter(|l| l.transport == transport)
+            .find(same_family)
+            .or_else(|| {
+                self.config
+                    .listeners
+                    .iter()
+                    .find(|l| l.transport == transport)
+            })
+            .or_else(|| self.config.listeners.iter().find(same_family))
+            .or_else(|| self.config.listeners.first())
+            .copied()
+            .unwrap_or(Listener {
+                transport,
+                local: peer,
+                advertised: peer,
+            })
+    }
+
+    fn listener_of(&self, flow: &Flow) -> Listener {
+        self.config
+            .listeners
+            .iter()
+            .find(|l| l.transport == flow.transport && l.local == flow.local)
+            .copied()
+            .unwrap_or_else(|| self.listener_for(flow.transport, flow.remote))
+    }
+
+    fn pbx_flow(&self) -> Flow {
+        let listener = self.listener_for(self.config.pbx_transport, self.config.pbx);
+        Flow {
+            transport: self.config.pbx_transport,
+            remote: self.config.pbx,
+            local: listener.local,
+            conn: None,
+        }
+    }
+
+    /// Whether a Route/Record-Route URI names this proxy.
+    fn is_own_uri(&self, uri: &Uri<'_>) -> bool {
+        let Some(ip) = host_ip(uri.host()) else {
+            return false;
+        };
+        let transport = uri
+            .params()
+            .value("transport")
+            .and_then(Transport::from_token)
+            .unwrap_or(Transport::Udp);
+        let port = uri.port().unwrap_or(if uri.scheme() == Scheme::Sips {
+            5061
+        } else {
+            transport.default_port()
+        });
+        self.config
+            .listeners
+            .iter()
+            .any(|l| l.advertised.ip() == ip && l.advertised.port() == port)
+    }
+
+    // ---------------------------------------------------------------- requests
+
+    fn handle_request(&mut self, now: Instant, flow: Flow, msg: Message) {
+        let side = if self.is_pbx(&flow) {
+            Side::Pbx
+        } else if self.is_allowed_phone(flow.remote.ip()) {
+            Side::Phone
+        } else {
+            self.stats.refused += 1;
+            warn!(source = %flow.remote, "request from a source outside the allowed networks refused");
+            if msg.method() != Some(Method::Ack) {
+                self.respond(flow, &msg, 403, "Forbidden", &[]);
+            }
+            return;
+        };
+        if side == Side::Phone && !self.limiter.allow(now, flow.remote.ip()) {
+            self.stats.refused += 1;
+            debug!(source = %flow.remote, "request rate limit reached");
+            if msg.method() != Some(Method::Ack) {
+                self.respond(
+                    flow,
+                    &msg,
+                    503,
+                    "Service Unavailable",
+                    &[("Retry-After", b"5")],
+                );
+            }
+            return;
+        }
+        debug!(
+            source = %flow.remote,
+            method = %lossy(msg.method_bytes().unwrap_or_default()),
+            call_id = %lossy(msg.header(HeaderName::CallId).unwrap_or_default()),
+            "request"
+        );
+        match msg.method() {
+            Some(Method::Ack) => self.handle_ack(now, flow, side, msg),
+            Some(Method::Cancel) => self.handle_cancel(flow, msg),
+            _ => self.handle_new_request(now, flow, side, msg),
+        }
+    }
+
+    fn handle_new_request(&mut self, now: Instant, flow: Flow, side: Side, msg: Message) {
+        let method = msg.method().unwrap_or(Method::Other);
+        let class = if method == Method::Invite {
+            KeyMethod::Invite
+        } else {
+            KeyMethod::Other
+        };
+        let Some(key) = ServerKey::of(&msg, class) else {
+            self.respond(flow, &msg, 400, "Bad Request - Malformed Via", &[]);
+            return;
+        };
+        // a retransmission: answer with the last response, or absorb
+        if let Some(&id) = self.by_server_key.get(&key) {
+            if let Some(txn) = self.txns.get(&id) {
+                if let Some(last) = txn.last_response.clone() {
+                    self.stats.retransmissions += 1;
+                    self.send(flow, last);
+                }
+            }
+            return;
+        }
+        let max_forwards = match msg.max_forwards() {
+            Some(Ok(n)) => n,
+            _ => DEFAULT_MAX_FORWARDS + 1,
+        };
+        if max_forwards == 0 {
+            self.respond(flow, &msg, 483, "Too Many Hops", &[]);
+            return;
+        }
+        if self.txns.len() >= self.config.max_transactions {
+            self.stats.refused += 1;
+            warn!(
+                limit = self.config.max_transactions,
+                "transaction limit reached"
+            );
+            self.respond(
+                flow,
+                &msg,
+                503,
+                "Service Unavailable",
+                &[("Retry-After", b"5")],
+            );
+            return;
+        }
+        let (own_routes, route_token) = self.own_routes(&msg);
+        let target = match self.route(now, flow, side, &msg, route_token) {
+            Ok(target) => target,
+            Err((code, reason)) => {
+                self.respond(flow, &msg, code, reason, &[]);
+                return;
+            }
+        };
+        let id = self.next_id;
+        self.next_id += 1;
+        let branch = self.new_branch(id);
+        let forwarded = match self.forward_request(
+            now,
+            flow,
+            side,
+            &msg,
+            &target,
+            own_routes,
+            &branch,
+            max_forwards,
+            true,
+        ) {
+            Ok(bytes) => bytes,
+            Err((code, reason)) => {
+                self.respond(flow, &msg, code, reason, &[]);
+                return;
+            }
+        };
+        let Ok(forwarded_msg) = Message::parse(forwarded.clone()) else {
+            // the editor only writes what the parser accepts; refuse rather than guess
+            self.respond(flow, &msg, 500, "Server Internal Error", &[]);
+            return;
+        };
+        let invite = method == Method::Invite;
+        let last_response = if invite {
+            let trying = ResponseBuilder::new(&msg, 100, "Trying").build();
+            self.stats.responses_generated += 1;
+            self.send(flow, trying.clone());
+            Some(trying)
+        } else {
+            None
+        };
+        let txn = Txn {
+            id,
+            method,
+            server_key: key.clone(),
+            upstream: flow,
+            server_state: ServerState::Proceeding,
+            last_response,
+            response_interval: T1,
+            branch: branch.clone().into_bytes().into_boxed_slice(),
+            downstream: target.flow,
+            request: Some(forwarded_msg),
+            client_state: ClientState::Calling,
+            retransmit_interval: T1,
+            ack: None,
+            cancel_pending: false,
+            cancelled: false,
+            generations: [0; 5],
+            created: now,
+        };
+        self.by_server_key.insert(key, id);
+        self.by_branch.insert(txn.branch.clone(), id);
+        let downstream = txn.downstream;
+        self.txns.insert(id, txn);
+        if downstream.transport == Transport::Udp {
+            self.schedule(id, TimerKind::Retransmit, now + T1);
+        }
+        self.schedule(id, TimerKind::Timeout, now + TIMEOUT);
+        self.stats.requests_forwarded += 1;
+        self.send(downstream, forwarded);
+    }
+
+    /// Counts the Route values on top that name this proxy (one, or two with double
+    /// Record-Route), and the flow token found in their user part.
+    fn own_routes(&self, msg: &Message) -> (usize, Option<u64>) {
+        let mut count = 0;
+        let mut token = None;
+        for route in msg.routes() {
+            let Ok(route) = route else { break };
+            if !self.is_own_uri(route.uri()) {
+                break;
+            }
+            count += 1;
+            if token.is_none() {
+                token = route.uri().user().and_then(parse_token);
+            }
+            if count == 2 {
+                break;
+            }
+        }
+        (count, token)
+    }
+
+    /// Decides where a request goes (§16.5): phones' requests to the PBX; the PBX's to
+    /// the phone named by a flow token, a contact alias, or a registered binding.
+    fn route(
+        &mut self,
+        now: Instant,
+        flow: Flow,
+        side: Side,
+        msg: &Message,
+        route_token: Option<u64>,
+    ) -> Result<Target, (u16, &'static str)> {
+        if side == Side::Phone {
+            return Ok(Target {
+                flow: self.pbx_flow(),
+                request_uri: None,
+                phone_flow: flow,
+            });
+        }
+        if let Some(token) = route_token {
+            return match self.aliases.resolve(now, token) {
+                Some(entry) => Ok(Target {
+                    flow: entry.flow,
+                    request_uri: None,
+                    phone_flow: entry.flow,
+                }),
+                None => Err((404, "Not Found - Unknown Flow")),
+            };
+        }
+        let uri = match msg.request_uri() {
+            Some(Ok(uri)) => uri,
+            _ => return Err((416, "Unsupported URI Scheme")),
+        };
+        if let Some(token) = uri.params().value(ALIAS_PARAM).and_then(parse_token) {
+            return match self.aliases.resolve(now, token) {
+                Some(entry) => Ok(Target {
+                    flow: entry.flow,
+                    request_uri: entry.contact.clone(),
+                    phone_flow: entry.flow,
+                }),
+                None => Err((404, "Not Found - Unknown Alias")),
+            };
+        }
+        if let Some(entry) = self.aliases.registered_by_contact(now, uri.as_bytes()) {
+            return Ok(Target {
+                flow: entry.flow,
+                request_uri: None,
+                phone_flow: entry.flow,
+            });
+        }
+        if let Some(user) = uri.user() {
+            if let Some(entry) = self.aliases.registered_by_user(now, user) {
+                return Ok(Target {
+                    flow: entry.flow,
+                    request_uri: entry.contact.clone(),
+                    phone_flow: entry.flow,
+                });
+            }
+        }
+        // a Request-URI naming a phone directly, inside the allowed networks
+        if matches!(uri.scheme(), Scheme::Sip | Scheme::Sips) {
+            if let Some(ip) = host_ip(uri.host()) {
+                if self.is_allowed_phone(ip) && !self.is_own_uri(&uri) {
+                    let transport = uri
+                        .params()
+                        .value("transport")
+                        .and_then(Transport::from_token)
+                        .unwrap_or(Transport::Udp);
+                    let remote =
+                        SocketAddr::new(ip, uri.port().unwrap_or(transport.default_port()));
+                    let listener = self.listener_for(transport, remote);
+                    let flow = Flow {
+                        transport,
+                        remote,
+                        local: listener.local,
+                        conn: None,
+                    };
+                    return Ok(Target {
+                        flow,
+                        request_uri: None,
+                        phone_flow: flow,
+                    });
+                }
+            }
+        }
+        Err((404, "Not Found"))
+    }
+
+    /// Writes the forwarded copy of a request (§16.6): received/rport on the top Via,
+    /// own Route values popped, Request-URI rewritten when an alias resolved, Max-Forwards
+    /// decremented, Record-Route (with the phone flow's token) on dialog-creating
+    /// requests and NOTIFY, Contacts aliased or Path added on REGISTER, our Via on top.
+    #[allow(clippy::too_many_arguments)]
+    fn forward_request(
+        &mut self,
+        now: Instant,
+        flow: Flow,
+        side: Side,
+        msg: &Message,
+        target: &Target,
+        own_routes: usize,
+        branch: &str,
+        max_forwards: u8,
+        record_route: bool,
+    ) -> Result<Bytes, (u16, &'static str)> {
+        let out_listener = self.listener_of(&target.flow);
+        let in_listener = self.listener_of(&flow);
+        let mut edit = Editor::new(msg);
+        let edit_failed = |_| (400u16, "Bad Request");
+        edit.set_top_via_received(flow.remote.ip(), flow.remote.port())
+            .map_err(edit_failed)?;
+        if own_routes > 0 {
+            edit.pop_values(HeaderName::Route, own_routes)
+                .map_err(edit_failed)?;
+        }
+        if let Some(uri) = &target.request_uri {
+            edit.set_request_uri(uri).map_err(edit_failed)?;
+        }
+        edit.set_max_forwards(max_forwards.saturating_sub(1))
+            .map_err(edit_failed)?;
+        let method = msg.method().unwrap_or(Method::Other);
+        let dialog_forming = matches!(
+            method,
+            Method::Invite | Method::Subscribe | Method::Refer | Method::Notify
+        );
+        if record_route && dialog_forming {
+            let token = self
+                .aliases
+                .flow_token(now, target.phone_flow)
+                .map_err(|_| (503u16, "Service Unavailable"))?;
+            let token = token_text(token);
+            let double = in_listener.advertised != out_listener.advertised
+                || in_listener.transport != out_listener.transport;
+            let rr = |l: Listener, r2: bool| {
+                let mut v = format!("<sip:{token}@{}", host_port(l.advertised));
+                if l.transport != Transport::Udp {
+                    let _ = write!(v, ";transport={}", l.transport.uri_param());
+                }
+                v.push_str(";lr");
+                if r2 {
+                    v.push_str(";r2=on");
+                }
+                v.push('>');
+                v
+            };
+            if double {
+                edit.prepend_record_route(rr(out_listener, true).as_bytes());
+                edit.prepend_record_route(rr(in_listener, true).as_bytes());
+            } else {
+                edit.prepend_record_route(rr(out_listener, false).as_bytes());
+            }
+        }
+        if method == Method::Register && side == Side::Phone {
+            if self.config.pbx_path {
+                let token = self
+                    .aliases
+                    .flow_token(now, flow)
+                    .map_err(|_| (503u16, "Service Unavailable"))?;
+                let mut path = format!(
+                    "<sip:{}@{}",
+                    token_text(token),
+                    host_port(out_listener.advertised)
+                );
+                if out_listener.transport != Transport::Udp {
+                    let _ = write!(path, ";transport={}", out_listener.transport.uri_param());
+                }
+                path.push_str(";lr>");
+                edit.prepend_path(path.as_bytes());
+            } else {
+                self.alias_register_contacts(now, flow, msg, &mut edit, in_listener)?;
+            }
+        }
+        let via = format!(
+            "SIP/2.0/{} {};branch={branch};rport",
+            out_listener.transport.via_token(),
+            host_port(out_listener.advertised)
+        );
+        edit.push_via(via.as_bytes());
+        Ok(edit.finish())
+    }
+
+    /// Replaces each Contact of a phone's REGISTER with an alias naming this proxy.
+    fn alias_register_contacts(
+        &mut self,
+        now: Instant,
+        flow: Flow,
+        msg: &Message,
+        edit: &mut Editor<'_>,
+        listener: Listener,
+    ) -> Result<(), (u16, &'static str)> {
+        let aor_user = msg
+            .to()
+            .and_then(Result::ok)
+            .and_then(|to| to.uri().user().map(<[u8]>::to_vec));
+        let contacts: Vec<Vec<u8>> = msg
+            .contacts()
+            .filter_map(Result::ok)
+            .map(|c| match c {
+                ContactValue::Wildcard => Vec::new(),
+                ContactValue::Address(a) => a.uri().as_bytes().to_vec(),
+            })
+            .collect();
+        for (index, contact) in contacts.iter().enumerate() {
+            if contact.is_empty() {
+                continue; // `*`: passes through
+            }
+            let token = self
+                .aliases
+                .contact_alias(now, flow, contact, aor_user.as_deref())
+                .map_err(|_| (503u16, "Service Unavailable"))?;
+            let user = Uri::parse(contact)
+                .ok()
+                .and_then(|u| u.user().map(<[u8]>::to_vec));
+            let mut alias = String::from("sip:");
+            if let Some(user) = user {
+                alias.push_str(&lossy(&user));
+                alias.push('@');
+            }
+            alias.push_str(&host_port(listener.advertised));
+            if listener.transport != Transport::Udp {
+                let _ = write!(alias, ";transport={}", listener.transport.uri_param());
+            }
+            let _ = write!(alias, ";{ALIAS_PARAM}={}", token_text(token));
+            edit.set_contact_uri(index, alias.as_bytes())
+                .map_err(|_| (400u16, "Bad Request - Malformed Contact"))?;
+        }
+        Ok(())
+    }
+
+    /// ACK: absorbed when it acknowledges a non-2xx response of ours (hop by hop),
+    /// forwarded statelessly otherwise (the 2xx ACK is end to end).
+    fn handle_ack(&mut self, now: Instant, flow: Flow, side: Side, msg: Message) {
+        if let Some(key) = ServerKey::of(&msg, KeyMethod::Invite) {
+            if let Some(&id) = self.by_server_key.get(&key) {
+                if let Some(txn) = self.txns.get_mut(&id) {
+                    if txn.server_state == ServerState::Completed {
+                        txn.server_state = ServerState::Confirmed;
+                        txn.generations[TimerKind::ResponseRetransmit.index()] += 1;
+                        return;
+                    }
+                    if txn.server_state == ServerState::Confirmed {
+                        return;
+                    }
+                }
+            }
+        }
+        let max_forwards = match msg.max_forwards() {
+            Some(Ok(0)) => return,
+            Some(Ok(n)) => n,
+            _ => DEFAULT_MAX_FORWARDS + 1,
+        };
+        let (own_routes, token) = self.own_routes(&msg);
+        let Ok(target) = self.route(now, flow, side, &msg, token) else {
+            debug!(source = %flow.remote, "ACK with no route dropped");
+            return;
+        };
+        let branch = self.stateless_branch(&msg);
+        match self.forward_request(
+            now,
+            flow,
+            side,
+            &msg,
+            &target,
+            own_routes,
+            &branch,
+            max_forwards,
+            false,
+        ) {
+            Ok(bytes) => {
+                self.stats.requests_forwarded += 1;
+                self.send(target.flow, bytes);
+            }
+            Err(_) => debug!(source = %flow.remote, "ACK could not be forwarded"),
+        }
+    }
+
+    /// CANCEL (§16.10): answered 200 here, and sent downstream once the INVITE has had
+    /// a provisional response there (§9.1).
+    fn handle_cancel(&mut self, flow: Flow, msg: Message) {
+        let invite = ServerKey::of(&msg, KeyMethod::Invite)
+            .and_then(|k| self.by_server_key.get(&k).copied());
+        let Some(id) = invite else {
+            self.respond(flow, &msg, 481, "Call/Transaction Does Not Exist", &[]);
+            return;
+        };
+        let ok = ResponseBuilder::new(&msg, 200, "OK")
+            .to_tag(&self.tag_for(&msg))
+            .build();
+        self.stats.responses_generated += 1;
+        self.send(flow, ok);
+        let Some(txn) = self.txns.get_mut(&id) else {
+            return;
+        };
+        if txn.server_state != ServerState::Proceeding || txn.cancelled {
+            return;
+        }
+        match txn.client_state {
+            ClientState::Proceeding => {
+                txn.cancelled = true;
+                if let Some(req) = &txn.request {
+                    let cancel = cancel_for(req);
+                    let to = txn.downstream;
+                    self.send(to, cancel);
+                }
+            }
+            ClientState::Calling => txn.cancel_pending = true,
+            _ => {}
+        }
+    }
+
+    // --------------------------------------------------------------- responses
+
+    fn handle_response(&mut self, now: Instant, flow: Flow, msg: Message) {
+        let Some(Ok(via)) = msg.top_via() else { return };
+        let Some(branch) = via
+            .branch()
+            .filter(|b| b.starts_with(BRANCH_PREFIX.as_bytes()))
+        else {
+            debug!(source = %flow.remote, "response not for us dropped");
+            return;
+        };
+        let status = msg.status().unwrap_or(0);
+        let cseq_method = msg.cseq().and_then(Result::ok).map(|c| c.method());
+        debug!(
+            source = %flow.remote,
+            status,
+            call_id = %lossy(msg.header(HeaderName::CallId).unwrap_or_default()),
+            "response"
+        );
+        let Some(&id) = self.by_branch.get(branch) else {
+            // no transaction (e.g. a retransmitted 2xx after it ended): stateless (§16.7)
+            self.forward_response_statelessly(flow, &msg);
+            return;
+        };
+        if cseq_method == Some(Method::Cancel) {
+            return; // the answer to our CANCEL: hop by hop, absorbed
+        }
+        let Some(txn) = self.txns.get_mut(&id) else {
+            return;
+        };
+        if cseq_method != Some(txn.method) {
+            return;
+        }
+        let invite = txn.is_invite();
+        match status {
+            100..=199 => {
+                if txn.client_state == ClientState::Calling {
+                    txn.client_state = ClientState::Proceeding;
+                }
+                if invite {
+                    txn.generations[TimerKind::Retransmit.index()] += 1;
+                    if txn.cancel_pending && !txn.cancelled {
+                        txn.cancelled = true;
+                        if let Some(req) = &txn.request {
+                            let cancel = cancel_for(req);
+                            let to = txn.downstream;
+                            self.out.push_back(Transmit {
+                                flow: to,
+                                bytes: cancel,
+                            });
+                        }
+                    }
+                    self.schedule(id, TimerKind::InviteRinging, now + TIMER_C);
+                    // the next hop is alive: timer B no longer applies, timer C does
+                    if let Some(txn) = self.txns.get_mut(&id) {
+                        txn.generations[TimerKind::Timeout.index()] += 1;
+                    }
+                }
+                if status == 100 {
+                    return; // hop by hop
+                }
+                self.relay_response(now, id, &msg, false);
+            }
+            200..=299 => {
+                if invite {
+                    if matches!(txn.client_state, ClientState::Accepted) {
+                        // a retransmitted 2xx: forward again (the UAC's ACK stops it)
+                        self.relay_response(now, id, &msg, false);
+                        return;
+                    }
+                    txn.client_state = ClientState::Accepted;
+                    txn.server_state = ServerState::Accepted;
+                } else {
+                    if txn.client_state == ClientState::Completed {
+                        return;
+                    }
+                    txn.client_state = ClientState::Completed;
+                    txn.server_state = ServerState::Completed;
+                }
+                txn.request = None;
+                self.stop_client_timers(id);
+                self.schedule(id, TimerKind::Expire, now + TIMEOUT);
+                self.relay_response(now, id, &msg, true);
+            }
+            _ => {
+                if txn.client_state == ClientState::Completed {
+                    // a retransmitted final response: re-send our ACK, forward nothing
+                    if let Some(ack) = txn.ack.clone() {
+                        let to = txn.downstream;
+                        self.send(to, ack);
+                    }
+                    return;
+                }
+                txn.client_state = ClientState::Completed;
+                if invite {
+                    if let Some(req) = &txn.request {
+                        let ack = ack_for(req, &msg);
+                        txn.ack = Some(ack.clone());
+                        let to = txn.downstream;
+                        self.out.push_back(Transmit {
+                            flow: to,
+                            bytes: ack,
+                        });
+                    }
+                }
+                if let Some(txn) = self.txns.get_mut(&id) {
+                    txn.request = None;
+                    txn.server_state = ServerState::Completed;
+                }
+                self.stop_client_timers(id);
+                self.schedule(id, TimerKind::Expire, now + TIMEOUT);
+                self.relay_response(now, id, &msg, true);
+                if invite {
+                    if let Some(txn) = self.txns.get(&id) {
+                        if txn.upstream.transport == Transport::Udp {
+                            self.schedule(id, TimerKind::ResponseRetransmit, now + T1);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn stop_client_timers(&mut self, id: u64) {
+        if let Some(txn) = self.txns.get_mut(&id) {
+            for kind in [
+                TimerKind::Retransmit,
+                TimerKind::Timeout,
+                TimerKind::InviteRinging,
+            ] {
+                txn.generations[kind.index()] += 1;
+            }
+        }
+    }
+
+    /// Forwards a response upstream (§16.7): our Via popped; REGISTER answers have
+    /// their aliased Contacts turned back into the phone's own and the bindings noted.
+    fn relay_response(&mut self, now: Instant, id: u64, msg: &Message, remember: bool) {
+        let Some(txn) = self.txns.get(&id) else {
+            return;
+        };
+        let upstream = txn.upstream;
+        let is_register = txn.method == Method::Register;
+        let mut edit = Editor::new(msg);
+        if edit.pop_via().is_err() {
+            return;
+        }
+        if is_register && (200..300).contains(&msg.status().unwrap_or(0)) && !self.config.pbx_path {
+            self.dealias_register_contacts(now, msg, &mut edit);
+        }
+        let bytes = edit.finish();
+        if remember {
+            if let Some(txn) = self.txns.get_mut(&id) {
+                txn.last_response = Some(bytes.clone());
+            }
+        }
+        self.stats.responses_forwarded += 1;
+        self.send(upstream, bytes);
+    }
+
+    fn dealias_register_contacts(&mut self, now: Instant, msg: &Message, edit: &mut Editor<'_>) {
+        let header_expires = msg.expires().and_then(Result::ok).unwrap_or(3600);
+        let mut updates = Vec::new();
+        for (index, contact) in msg.contacts().enumerate() {
+            let Ok(ContactValue::Address(addr)) = contact else {
+                continue;
+            };
+            let Some(token) = addr.uri().params().value(ALIAS_PARAM).and_then(parse_token) else {
+                continue;
+            };
+            let expires = addr.expires().unwrap_or(header_expires);
+            updates.push((index, token, expires));
+        }
+        for (index, token, expires) in updates {
+            let original = self
+                .aliases
+                .resolve(now, token)
+                .and_then(|e| e.contact.clone());
+            self.aliases.set_registered(now, token, expires);
+            if let Some(original) = original {
+                let _ = edit.set_contact_uri(index, &original);
+            }
+        }
+    }
+
+    fn forward_response_statelessly(&mut self, flow: Flow, msg: &Message) {
+        let Some(Ok(next)) = msg.vias().nth(1) else {
+            return;
+        };
+        let transport = Transport::from_token(next.transport()).unwrap_or(Transport::Udp);
+        let ip = next
+            .received()
+            .and_then(host_ip)
+            .or_else(|| host_ip(next.host()));
+        let Some(ip) = ip else {
+            debug!(source = %flow.remote, "stateless response: next Via has no address");
+            return;
+        };
+        if ip != self.config.pbx.ip() && !self.is_allowed_phone(ip) {
+            return; // never relay to anywhere else
+        }
+        let port = next
+            .rport()
+            .flatten()
+            .or(next.port())
+            .unwrap_or(transport.default_port());
+        let remote = SocketAddr::new(ip, port);
+        let listener = self.listener_for(transport, remote);
+        let mut edit = Editor::new(msg);
+        if edit.pop_via().is_err() {
+            return;
+        }
+        let bytes = edit.finish();
+        self.stats.responses_forwarded += 1;
+        self.send(
+            Flow {
+                transport,
+                remote,
+                local: listener.local,
+                conn: None,
+            },
+            bytes,
+        );
+    }
+
+    // ------------------------------------------------------------------ timers
+
+    fn schedule(&mut self, id: u64, kind: TimerKind, at: Instant) {
+        let Some(txn) = self.txns.get_mut(&id) else {
+            return;
+        };
+        let generation = &mut txn.generations[kind.index()];
+        *generation = generation.wrapping_add(1);
+        self.timers.push(Deadline {
+            at,
+            txn: id,
+            kind,
+            generation: *generation,
+        });
+    }
+
+    /// Fires every deadline due at `now`: retransmissions, timeouts, expiry.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(deadline) = self.timers.pop_due(now) {
+            let current = self
+                .txns
+                .get(&deadline.txn)
+                .map(|t| t.generations[deadline.kind.index()]);
+            if current != Some(deadline.generation) {
+                continue;
+            }
+            self.fire(now, deadline.txn, deadline.kind);
+        }
+        if self.next_sweep.is_some_and(|at| at <= now) {
+            self.aliases.expire(now);
+            self.limiter.forget_idle(now);
+            self.next_sweep = if self.txns.is_empty() && self.aliases.is_empty() {
+                None
+            } else {
+                Some(now + SWEEP_INTERVAL)
+            };
+        }
+    }
+
+    fn fire(&mut self, now: Instant, id: u64, kind: TimerKind) {
+        let Some(txn) = self.txns.get_mut(&id) else {
+            return;
+        };
+        match kind {
+            TimerKind::Retransmit => {
+                let waiting = match txn.client_state {
+                    ClientState::Calling => true,
+                    ClientState::Proceeding => !txn.is_invite(),
+                    _ => false,
+                };
+                let Some(request) = txn.request.as_ref().filter(|_| waiting) else {
+                    return;
+                };
+                let bytes = request.as_bytes().clone();
+                let to = txn.downstream;
+                let next = if txn.is_invite() {
+                    txn.retransmit_interval * 2
+                } else if txn.client_state == ClientState::Proceeding {
+                    T2
+                } else {
+                    (txn.retransmit_interval * 2).min(T2)
+                };
+                txn.retransmit_interval = next;
+                self.stats.retransmissions += 1;
+                self.send(to, bytes);
+                self.schedule(id, TimerKind::Retransmit, now + next);
+            }
+            TimerKind::Timeout | TimerKind::InviteRinging => {
+                if matches!(
+                    txn.client_state,
+                    ClientState::Completed | ClientState::Accepted
+                ) {
+                    return;
+                }
+                let ringing = kind == TimerKind::InviteRinging;
+                if ringing && !txn.cancelled {
+                    // timer C: cancel the branch; answer 408 if nothing comes back
+                    txn.cancelled = true;
+                    if let Some(req) = &txn.request {
+                        let cancel = cancel_for(req);
+                        let to = txn.downstream;
+                        self.out.push_back(Transmit {
+                            flow: to,
+                            bytes: cancel,
+                        });
+                    }
+                    self.schedule(id, TimerKind::Timeout, now + TIMEOUT);
+                    return;
+                }
+                txn.client_state = ClientState::Terminated;
+                let upstream = txn.upstream;
+                let request = txn.request.take();
+                let proceeding = txn.server_state == ServerState::Proceeding;
+                self.stop_client_timers(id);
+                if proceeding {
+                    warn!(txn = id, "no final response from the next hop: 408");
+                    if let Some(req) = request {
+                        // the original request is gone; the forwarded one has our Via on
+                        // top: answer from it with our Via popped
+                        if let Some(response) = timeout_response(&req, &self.tag_for(&req)) {
+                            if let Some(txn) = self.txns.get_mut(&id) {
+                                txn.server_state = ServerState::Completed;
+                                txn.last_response = Some(response.clone());
+                            }
+                            self.stats.responses_generated += 1;
+                            self.send(upstream, response);
+                        }
+                    }
+                }
+                self.schedule(id, TimerKind::Expire, now + TIMEOUT);
+            }
+            TimerKind::ResponseRetransmit => {
+                if txn.server_state != ServerState::Completed {
+                    return;
+                }
+                let Some(last) = txn.last_response.clone() else {
+                    return;
+                };
+                let upstream = txn.upstream;
+                let next = (txn.response_interval * 2).min(T2);
+                txn.response_interval = next;
+                self.stats.retransmissions += 1;
+                self.send(upstream, last);
+                self.schedule(id, TimerKind::ResponseRetransmit, now + next);
+            }
+            TimerKind::Expire => self.remove(id),
+        }
+    }
+
+    fn remove(&mut self, id: u64) {
+        if let Some(txn) = self.txns.remove(&id) {
+            self.by_server_key.remove(&txn.server_key);
+            self.by_branch.remove(&txn.branch);
+        }
+    }
+}
+
+/// A 408 for a forwarded request whose next hop never answered: built from the
+/// forwarded copy with our Via removed.
+fn timeout_response(forwarded: &Message, tag: &str) -> Option<Bytes> {
+    let mut edit = Editor::new(forwarded);
+    edit.pop_via().ok()?;
+    let original = Message::parse(edit.finish()).ok()?;
+    Some(
+        ResponseBuilder::new(&original, 408, "Request Timeout")
+            .to_tag(tag)
+            .build(),
+    )
+}

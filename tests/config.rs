@@ -1,0 +1,670 @@
+//! The configuration file: the shipped examples load with the documented values, and
+//! every kind of mistake is reported with its file, line, column and dotted key.
+
+#![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)] // test helpers assert
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use presence_proxy::config::{
+    Cidr, Config, ConfigError, ConfigErrorKind, LimitsConfig, LogFormat, PhonesConfig,
+};
+use presence_proxy::transport::Transport;
+
+const FILE: &str = "config/x.toml";
+
+fn repo_file(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(name)
+}
+
+/// A scratch directory of its own for each test.
+fn scratch(test: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("config-tests")
+        .join(test);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn cidrs(list: &[&str]) -> Vec<Cidr> {
+    list.iter().map(|s| s.parse().unwrap()).collect()
+}
+
+fn load_err(text: &str) -> ConfigError {
+    match Config::from_toml(text, Path::new(FILE)) {
+        Ok(config) => panic!("accepted: {config:#?}"),
+        Err(err) => err,
+    }
+}
+
+#[track_caller]
+fn assert_at(err: &ConfigError, line: usize, column: usize, key: &str, kind: ConfigErrorKind) {
+    assert_eq!(err.file(), Path::new(FILE), "{err}");
+    assert_eq!(
+        (err.line(), err.column(), err.key(), err.kind()),
+        (line, column, key, kind),
+        "{err}"
+    );
+    assert!(
+        err.to_string()
+            .starts_with(&format!("{FILE}:{line}:{column}: {key}: ")),
+        "{err}"
+    );
+}
+
+const MINIMAL: &str = r#"[listen]
+udp = ["127.0.0.1:5060"]
+
+[pbx]
+host = "127.0.0.1"
+"#;
+
+// ---------------------------------------------------------------------------------
+// Good files
+
+#[test]
+fn example_toml_loads_with_documented_values() {
+    let config = Config::load(&repo_file("config/example.toml")).unwrap();
+
+    assert_eq!(config.log.format, LogFormat::Human);
+    assert_eq!(config.log.level, "info");
+
+    assert_eq!(config.listen.udp, vec![addr("0.0.0.0:5060")]);
+    assert_eq!(config.listen.tcp, vec![addr("0.0.0.0:5060")]);
+    assert!(config.listen.tls.is_empty());
+    assert_eq!(config.listen.advertised_address, Some(ip("192.0.2.10")));
+
+    // No TLS listener, so the [tls] files are not read, but the section is kept.
+    let tls = config.tls.as_ref().unwrap();
+    assert_eq!(tls.certificate, Path::new("/etc/presence-proxy/cert.pem"));
+    assert_eq!(tls.private_key, Path::new("/etc/presence-proxy/key.pem"));
+
+    assert_eq!(config.pbx.host, "192.0.2.20");
+    assert_eq!(config.pbx.port, Some(5060));
+    assert_eq!(config.pbx.port_or_default(), 5060);
+    assert_eq!(config.pbx.transport, Transport::Udp);
+    assert!(!config.pbx.path);
+
+    assert_eq!(
+        config.phones.allowed_networks,
+        cidrs(&["10.0.0.0/8", "192.168.0.0/16", "127.0.0.0/8", "::1/128"])
+    );
+    assert!(config.phones.allows(ip("10.20.30.40")));
+    assert!(config.phones.allows(ip("::ffff:192.168.1.1")));
+    assert!(!config.phones.allows(ip("172.16.0.1")));
+
+    // The example spells out every default.
+    assert_eq!(config.limits, LimitsConfig::default());
+    assert_eq!(config.limits.max_transactions, 100_000);
+    assert_eq!(config.limits.max_bindings, 100_000);
+    assert_eq!(config.limits.max_tcp_connections, 10_000);
+    assert_eq!(config.limits.max_requests_per_second_per_source, 500);
+    assert_eq!(config.limits.max_message_size, 65_536);
+    assert_eq!(config.limits.shutdown_grace, Duration::from_secs(5));
+}
+
+#[test]
+fn loopback_toml_loads_with_its_values() {
+    let config = Config::load(&repo_file("config/loopback.toml")).unwrap();
+    assert_eq!(config.log.format, LogFormat::Human);
+    assert_eq!(config.log.level, "warn");
+    assert_eq!(config.listen.udp, vec![addr("127.0.0.1:5060")]);
+    assert_eq!(config.listen.tcp, vec![addr("127.0.0.1:5060")]);
+    assert!(config.listen.tls.is_empty());
+    assert_eq!(config.listen.advertised_address, None);
+    assert_eq!(config.tls, None);
+    assert_eq!(config.pbx.host, "127.0.0.1");
+    assert_eq!(config.pbx.port_or_default(), 5070);
+    assert_eq!(config.pbx.transport, Transport::Udp);
+    assert!(!config.pbx.path);
+    assert_eq!(
+        config.phones.allowed_networks,
+        cidrs(&["127.0.0.0/8", "::1/128"])
+    );
+    assert_eq!(config.limits, LimitsConfig::default());
+}
+
+#[test]
+fn optional_sections_take_their_defaults() {
+    let config = Config::from_toml(MINIMAL, Path::new(FILE)).unwrap();
+    assert_eq!(config.log.format, LogFormat::Human);
+    assert_eq!(config.log.level, "info");
+    assert_eq!(config.tls, None);
+    assert_eq!(config.pbx.port, None);
+    assert_eq!(config.pbx.transport, Transport::Udp);
+    assert_eq!(config.pbx.port_or_default(), 5060);
+    assert!(!config.pbx.path);
+    assert_eq!(config.phones, PhonesConfig::default());
+    assert_eq!(
+        config.phones.allowed_networks,
+        cidrs(&["127.0.0.0/8", "::1/128"])
+    );
+    assert_eq!(config.limits, LimitsConfig::default());
+}
+
+#[test]
+fn pbx_tls_defaults_to_port_5061_and_other_values_parse() {
+    let text = r#"
+[log]
+format = "json"
+level = "presence_proxy::proxy=debug,info"
+
+[listen]
+udp = ["[::1]:5060", "127.0.0.1:5060"]
+
+[pbx]
+host = "[2001:db8::20]"
+transport = "tls"
+path = true
+
+[limits]
+max_message_size = 1500
+shutdown_grace_seconds = 0
+"#;
+    let config = Config::from_toml(text, Path::new(FILE)).unwrap();
+    assert_eq!(config.log.format, LogFormat::Json);
+    assert_eq!(config.log.level, "presence_proxy::proxy=debug,info");
+    assert_eq!(
+        config.listen.udp,
+        vec![addr("[::1]:5060"), addr("127.0.0.1:5060")]
+    );
+    assert_eq!(config.pbx.host, "2001:db8::20");
+    assert_eq!(config.pbx.host_ip(), Some(ip("2001:db8::20")));
+    assert_eq!(config.pbx.transport, Transport::Tls);
+    assert_eq!(config.pbx.port_or_default(), 5061);
+    assert!(config.pbx.path);
+    assert_eq!(config.limits.max_message_size, 1500);
+    assert_eq!(config.limits.shutdown_grace, Duration::ZERO);
+    assert_eq!(config.limits.max_transactions, 100_000);
+}
+
+// ---------------------------------------------------------------------------------
+// Bad files: one test per kind of mistake.
+
+#[test]
+fn display_names_file_line_column_and_key() {
+    let text = r#"[listen]
+udp = ["127.0.0.1:5060"]
+
+[pbx]
+host = "127.0.0.1"
+port = 5060
+transport = "sctp"
+"#;
+    let err = load_err(text);
+    assert_eq!(
+        err.to_string(),
+        r#"config/x.toml:7:13: pbx.transport: expected one of "udp", "tcp", "tls", found "sctp""#
+    );
+    assert_at(&err, 7, 13, "pbx.transport", ConfigErrorKind::Invalid);
+    assert_eq!(
+        err.message(),
+        r#"expected one of "udp", "tcp", "tls", found "sctp""#
+    );
+}
+
+#[test]
+fn syntax_error() {
+    let text = r#"[listen]
+udp = ["127.0.0.1:5060"]
+
+[pbx]
+host = 127.0.0.1
+"#;
+    let err = load_err(text);
+    // The parser stops at the second '.' of what it took for a float.
+    assert_at(&err, 5, 13, "pbx.host", ConfigErrorKind::Syntax);
+
+    let text = "[listen]\nudp = [\"127.0.0.1:5060\"]\n[pbx\nhost = \"h\"\n";
+    let err = load_err(text);
+    assert_eq!((err.file(), err.line()), (Path::new(FILE), 3));
+    assert_eq!(err.kind(), ConfigErrorKind::Syntax);
+}
+
+#[test]
+fn duplicate_key() {
+    let text = r#"[listen]
+udp = ["127.0.0.1:5060"]
+
+[pbx]
+host = "127.0.0.1"
+host = "127.0.0.2"
+"#;
+    let err = load_err(text);
+    assert_at(&err, 6, 1, "pbx.host", ConfigErrorKind::Syntax);
+    assert_eq!(err.message(), "duplicate key `host`");
+}
+
+#[test]
+fn unknown_top_level_key() {
+    let text = format!("{MINIMAL}\n[logging]\nlevel = \"debug\"\n");
+    let err = load_err(&text);
+    assert_at(&err, 7, 2, "logging", ConfigErrorKind::UnknownKey);
+    assert!(err.message().starts_with("unknown key `logging`"), "{err}");
+}
+
+#[test]
+fn unknown_nested_key() {
+    let text = r#"[listen]
+udp = ["127.0.0.1:5060"]
+
+[pbx]
+host = "127.0.0.1"
+trasnport = "tcp"
+"#;
+    let err = load_err(text);
+    assert_at(&err, 6, 1, "pbx.trasnport", ConfigErrorKind::UnknownKey);
+    assert!(
+        err.message().starts_with("unknown key `trasnport`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn wrong_type() {
+    let text = r#"[listen]
+udp = ["127.0.0.1:5060"]
+
+[pbx]
+host = "127.0.0.1"
+port = "5060"
+"#;
+    let err = load_err(text);
+    assert_at(&err, 6, 8, "pbx.port", ConfigErrorKind::WrongType);
+    assert_eq!(
+        err.message(),
+        r#"invalid type: string "5060", expected an integer"#
+    );
+
+    // Inside an array, the index is part of the key.
+    let text = "[listen]\nudp = [\"127.0.0.1:5060\", 5061]\n[pbx]\nhost = \"h\"\n";
+    let err = load_err(text);
+    assert_at(&err, 2, 26, "listen.udp[1]", ConfigErrorKind::WrongType);
+
+    // A section given as a value.
+    let text = "pbx = \"127.0.0.1\"\n[listen]\nudp = [\"127.0.0.1:5060\"]\n";
+    let err = load_err(text);
+    assert_at(&err, 1, 7, "pbx", ConfigErrorKind::WrongType);
+}
+
+#[test]
+fn missing_section_and_key() {
+    let err = load_err("[listen]\nudp = [\"127.0.0.1:5060\"]\n");
+    assert_at(&err, 1, 1, "pbx", ConfigErrorKind::MissingKey);
+    assert_eq!(err.message(), "missing section [pbx]");
+
+    let text = "[listen]\nudp = [\"127.0.0.1:5060\"]\n\n[pbx]\nport = 5070\n";
+    let err = load_err(text);
+    assert_at(&err, 4, 1, "pbx.host", ConfigErrorKind::MissingKey);
+}
+
+#[test]
+fn bad_socket_address() {
+    let text = r#"[listen]
+udp = ["127.0.0.1:5060"]
+tcp = ["127.0.0.1:5060", "127.0.0.1"]
+
+[pbx]
+host = "127.0.0.1"
+"#;
+    let err = load_err(text);
+    assert_at(&err, 3, 26, "listen.tcp[1]", ConfigErrorKind::Invalid);
+    assert!(err.message().contains("has no port"), "{err}");
+
+    let text = "[listen]\nudp = [\"localhost:5060\"]\n[pbx]\nhost = \"h\"\n";
+    assert_at(
+        &load_err(text),
+        2,
+        8,
+        "listen.udp[0]",
+        ConfigErrorKind::Invalid,
+    );
+}
+
+#[test]
+fn listener_port_zero() {
+    let text = "[listen]\nudp = [\"127.0.0.1:0\"]\n[pbx]\nhost = \"h\"\n";
+    let err = load_err(text);
+    assert_at(&err, 2, 8, "listen.udp[0]", ConfigErrorKind::Invalid);
+    assert!(err.message().contains("port 0"), "{err}");
+}
+
+#[test]
+fn pbx_port_zero_and_out_of_range() {
+    let text = format!("{MINIMAL}port = 0\n");
+    assert_at(&load_err(&text), 6, 8, "pbx.port", ConfigErrorKind::Invalid);
+    let text = format!("{MINIMAL}port = 65536\n");
+    assert_at(&load_err(&text), 6, 8, "pbx.port", ConfigErrorKind::Invalid);
+}
+
+#[test]
+fn duplicate_listener() {
+    let text = r#"[listen]
+tcp = ["127.0.0.1:5060"]
+tls = ["127.0.0.1:5060"]
+
+[pbx]
+host = "127.0.0.1"
+"#;
+    let err = load_err(text);
+    assert_at(&err, 3, 8, "listen.tls[0]", ConfigErrorKind::Invalid);
+
+    let text = "[listen]\nudp = [\"127.0.0.1:5060\", \"127.0.0.1:5060\"]\n[pbx]\nhost = \"h\"\n";
+    assert_at(
+        &load_err(text),
+        2,
+        26,
+        "listen.udp[1]",
+        ConfigErrorKind::Invalid,
+    );
+}
+
+#[test]
+fn bad_advertised_address() {
+    let text = r#"[listen]
+udp = ["0.0.0.0:5060"]
+advertised_address = "proxy.example.com"
+
+[pbx]
+host = "127.0.0.1"
+"#;
+    let err = load_err(text);
+    assert_at(
+        &err,
+        3,
+        22,
+        "listen.advertised_address",
+        ConfigErrorKind::Invalid,
+    );
+
+    let text = "[listen]\nudp = [\"0.0.0.0:5060\"]\nadvertised_address = \"0.0.0.0\"\n[pbx]\nhost = \"h\"\n";
+    assert_at(
+        &load_err(text),
+        3,
+        22,
+        "listen.advertised_address",
+        ConfigErrorKind::Invalid,
+    );
+}
+
+#[test]
+fn bad_pbx_host() {
+    let text = "[listen]\nudp = [\"127.0.0.1:5060\"]\n[pbx]\nhost = \"pbx.example.com:5060\"\n";
+    let err = load_err(text);
+    assert_at(&err, 4, 8, "pbx.host", ConfigErrorKind::Invalid);
+    assert!(err.message().contains("pbx.port"), "{err}");
+}
+
+#[test]
+fn bad_cidr() {
+    let text = format!(
+        "{MINIMAL}\n[phones]\nallowed_networks = [\n  \"10.0.0.0/8\",\n  \"192.168.0.0/33\",\n]\n"
+    );
+    let err = load_err(&text);
+    assert_at(
+        &err,
+        10,
+        3,
+        "phones.allowed_networks[1]",
+        ConfigErrorKind::Invalid,
+    );
+    assert!(err.message().contains("longer than 32 bits"), "{err}");
+
+    let text = format!("{MINIMAL}[phones]\nallowed_networks = [\"10.1.2.3/8\"]\n");
+    let err = load_err(&text);
+    assert_at(
+        &err,
+        7,
+        21,
+        "phones.allowed_networks[0]",
+        ConfigErrorKind::Invalid,
+    );
+    assert!(err.message().contains("10.0.0.0/8"), "{err}");
+}
+
+#[test]
+fn bad_transport() {
+    let text = format!("{MINIMAL}transport = \"sctp\"\n");
+    let err = load_err(&text);
+    assert_at(&err, 6, 13, "pbx.transport", ConfigErrorKind::Invalid);
+}
+
+#[test]
+fn bad_log_format_and_level() {
+    let text = format!("[log]\nformat = \"xml\"\n\n{MINIMAL}");
+    let err = load_err(&text);
+    assert_at(&err, 2, 10, "log.format", ConfigErrorKind::Invalid);
+    assert_eq!(
+        err.message(),
+        r#"expected one of "human", "json", found "xml""#
+    );
+
+    let text = format!("[log]\nlevel = \"info,[[\"\n\n{MINIMAL}");
+    assert_at(
+        &load_err(&text),
+        2,
+        9,
+        "log.level",
+        ConfigErrorKind::Invalid,
+    );
+}
+
+#[test]
+fn no_listeners() {
+    let text = r#"# Nothing to listen on.
+[listen]
+udp = []
+tcp = []
+
+[pbx]
+host = "127.0.0.1"
+"#;
+    let err = load_err(text);
+    assert_at(&err, 2, 1, "listen", ConfigErrorKind::Invalid);
+    assert!(err.message().starts_with("no listener"), "{err}");
+}
+
+#[test]
+fn tls_listener_without_tls_section() {
+    let text = r#"[listen]
+udp = ["127.0.0.1:5060"]
+tls = ["127.0.0.1:5061"]
+
+[pbx]
+host = "127.0.0.1"
+"#;
+    let err = load_err(text);
+    assert_at(&err, 3, 7, "listen.tls", ConfigErrorKind::Invalid);
+    assert!(err.message().contains("[tls]"), "{err}");
+}
+
+#[test]
+fn tls_files_are_checked_and_resolved_against_the_config_directory() {
+    let dir = scratch("tls_files");
+    std::fs::write(
+        dir.join("cert.pem"),
+        "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("key.pem"),
+        "-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("key.der"), [0x30, 0x82, 0x01, 0x00]).unwrap();
+    let file = dir.join("proxy.toml");
+
+    let good = r#"[listen]
+tls = ["127.0.0.1:5061"]
+
+[tls]
+certificate = "cert.pem"
+private_key = "key.pem"
+
+[pbx]
+host = "127.0.0.1"
+"#;
+    let config = Config::from_toml(good, &file).unwrap();
+    let tls = config.tls.unwrap();
+    assert_eq!(tls.certificate, dir.join("cert.pem"));
+    assert_eq!(tls.private_key, dir.join("key.pem"));
+    assert_eq!(config.listen.tls, vec![addr("127.0.0.1:5061")]);
+
+    let unreadable = good.replace("\"key.pem\"", "\"missing.pem\"");
+    let err = Config::from_toml(&unreadable, &file).unwrap_err();
+    assert_eq!(err.file(), file.as_path());
+    assert_eq!(
+        (err.line(), err.column(), err.key(), err.kind()),
+        (6, 15, "tls.private_key", ConfigErrorKind::Invalid)
+    );
+    assert!(err.message().contains("cannot read"), "{err}");
+    assert!(err.message().contains("missing.pem"), "{err}");
+
+    let not_pem = good.replace("\"key.pem\"", "\"key.der\"");
+    let err = Config::from_toml(&not_pem, &file).unwrap_err();
+    assert_eq!((err.line(), err.key()), (6, "tls.private_key"));
+    assert!(err.message().contains("not a PEM file"), "{err}");
+
+    // A directory cannot be read as a file either.
+    let directory = good.replace("\"cert.pem\"", "\".\"");
+    let err = Config::from_toml(&directory, &file).unwrap_err();
+    assert_eq!((err.line(), err.key()), (5, "tls.certificate"));
+}
+
+#[test]
+fn unused_tls_section_is_not_read() {
+    let text = format!(
+        "{MINIMAL}[tls]\ncertificate = \"/nonexistent/cert.pem\"\nprivate_key = \"/nonexistent/key.pem\"\n"
+    );
+    let config = Config::from_toml(&text, Path::new(FILE)).unwrap();
+    assert!(config.tls.is_some());
+}
+
+#[test]
+fn wildcard_listener_without_advertised_address() {
+    let text = r#"[listen]
+udp = ["127.0.0.1:5060"]
+tcp = ["127.0.0.1:5060", "[::]:5060"]
+
+[pbx]
+host = "127.0.0.1"
+"#;
+    let err = load_err(text);
+    assert_at(&err, 3, 26, "listen.tcp[1]", ConfigErrorKind::Invalid);
+    assert!(err.message().contains("advertised_address"), "{err}");
+
+    let fixed = text.replace("[pbx]", "advertised_address = \"2001:db8::10\"\n\n[pbx]");
+    let config = Config::from_toml(&fixed, Path::new(FILE)).unwrap();
+    assert_eq!(config.listen.advertised_address, Some(ip("2001:db8::10")));
+}
+
+#[test]
+fn zero_limit() {
+    let text = format!("{MINIMAL}\n[limits]\nmax_transactions = 1000\nmax_tcp_connections = 0\n");
+    let err = load_err(&text);
+    assert_at(
+        &err,
+        9,
+        23,
+        "limits.max_tcp_connections",
+        ConfigErrorKind::Invalid,
+    );
+    assert_eq!(err.message(), "must be at least 1, found 0");
+
+    let text = format!("{MINIMAL}[limits]\nmax_requests_per_second_per_source = 5000000000\n");
+    assert_at(
+        &load_err(&text),
+        7,
+        38,
+        "limits.max_requests_per_second_per_source",
+        ConfigErrorKind::Invalid,
+    );
+    let text = format!("{MINIMAL}[limits]\nshutdown_grace_seconds = -1\n");
+    assert_at(
+        &load_err(&text),
+        7,
+        26,
+        "limits.shutdown_grace_seconds",
+        ConfigErrorKind::Invalid,
+    );
+}
+
+#[test]
+fn unreadable_file() {
+    let path = Path::new("config/does-not-exist.toml");
+    let err = Config::load(path).unwrap_err();
+    assert_eq!(err.kind(), ConfigErrorKind::Read);
+    assert_eq!((err.file(), err.line(), err.key()), (path, 1, ""));
+    assert!(
+        err.to_string()
+            .starts_with("config/does-not-exist.toml:1:1: cannot read"),
+        "{err}"
+    );
+}
+
+// ---------------------------------------------------------------------------------
+// The command line.
+
+fn check_config(file: &Path) -> (bool, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_presence-proxy"))
+        .arg("check-config")
+        .arg(file)
+        .output()
+        .unwrap();
+    (
+        output.status.success(),
+        String::from_utf8(output.stdout).unwrap(),
+        String::from_utf8(output.stderr).unwrap(),
+    )
+}
+
+#[test]
+fn check_config_command() {
+    let example = repo_file("config/example.toml");
+    let (ok, stdout, stderr) = check_config(&example);
+    assert!(ok, "{stderr}");
+    let mut lines = stdout.lines();
+    assert_eq!(
+        lines.next(),
+        Some(format!("{}: ok", example.display()).as_str())
+    );
+    let summary = lines.next().unwrap();
+    assert!(summary.contains("udp 0.0.0.0:5060"), "{summary}");
+    assert!(summary.contains("192.0.2.20:5060"), "{summary}");
+    assert!(summary.contains("10.0.0.0/8"), "{summary}");
+    assert_eq!(lines.next(), None);
+    assert_eq!(stderr, "");
+
+    let dir = scratch("check_config_command");
+    let bad = dir.join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[listen]\nudp = [\"127.0.0.1:5060\"]\n\n[pbx]\nhost = \"127.0.0.1\"\ntransport = \"sctp\"\n",
+    )
+    .unwrap();
+    let (ok, stdout, stderr) = check_config(&bad);
+    assert!(!ok);
+    assert_eq!(stdout, "");
+    assert_eq!(
+        stderr,
+        format!(
+            "{}:6:13: pbx.transport: expected one of \"udp\", \"tcp\", \"tls\", found \"sctp\"\n",
+            bad.display()
+        )
+    );
+
+    let (ok, _, stderr) = check_config(&dir.join("absent.toml"));
+    assert!(!ok);
+    assert!(stderr.contains("absent.toml:1:1: cannot read"), "{stderr}");
+}

@@ -1,0 +1,662 @@
+//! The sans-IO proxy core driven with a fake clock and a fake network: transactions and
+//! their timers, CANCEL, ACK, forking, Record-Route and Route handling both ways,
+//! registration aliases, access control and limits.
+
+#![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)] // test helpers assert
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use presence_proxy::config::Cidr;
+use presence_proxy::proxy::{Flow, Listener, Proxy, ProxyConfig, Transmit};
+use presence_proxy::sip::{HeaderName, Message, Method};
+use presence_proxy::transport::Transport;
+
+const PROXY: &str = "10.0.0.1:5060";
+const PBX: &str = "10.0.0.100:5070";
+const PHONE: &str = "10.1.0.5:5062";
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+fn config() -> ProxyConfig {
+    ProxyConfig {
+        listeners: vec![
+            Listener { transport: Transport::Udp, local: addr(PROXY), advertised: addr(PROXY) },
+            Listener { transport: Transport::Tcp, local: addr(PROXY), advertised: addr(PROXY) },
+        ],
+        pbx: addr(PBX),
+        pbx_transport: Transport::Udp,
+        pbx_path: false,
+        allowed_networks: vec!["10.1.0.0/16".parse::<Cidr>().unwrap()],
+        max_transactions: 1000,
+        max_bindings: 1000,
+        max_requests_per_second_per_source: 1000,
+        seed: 7,
+    }
+}
+
+/// The proxy, a clock and what it has sent.
+struct Net {
+    proxy: Proxy,
+    now: Instant,
+}
+
+impl Net {
+    fn new() -> Self {
+        Self::with(config())
+    }
+
+    fn with(config: ProxyConfig) -> Self {
+        Self { proxy: Proxy::new(config), now: Instant::now() }
+    }
+
+    fn udp(remote: &str) -> Flow {
+        Flow { transport: Transport::Udp, remote: addr(remote), local: addr(PROXY), conn: None }
+    }
+
+    fn from(&mut self, remote: &str, text: &str) -> Vec<Transmit> {
+        self.from_flow(Self::udp(remote), text)
+    }
+
+    fn from_flow(&mut self, flow: Flow, text: &str) -> Vec<Transmit> {
+        self.proxy.handle_datagram(self.now, flow, Bytes::from(text.replace('\n', "\r\n")));
+        self.drain()
+    }
+
+    fn drain(&mut self) -> Vec<Transmit> {
+        std::iter::from_fn(|| self.proxy.poll_transmit()).collect()
+    }
+
+    /// Advances the clock by `d`, firing every deadline on the way in order.
+    fn advance(&mut self, d: Duration) -> Vec<Transmit> {
+        let end = self.now + d;
+        let mut out = Vec::new();
+        while let Some(at) = self.proxy.poll_timeout().filter(|&at| at <= end) {
+            self.now = self.now.max(at);
+            self.proxy.handle_timeout(self.now);
+            out.extend(self.drain());
+        }
+        self.now = end;
+        out
+    }
+}
+
+fn parse(t: &Transmit) -> Message {
+    Message::parse(t.bytes.clone()).unwrap_or_else(|e| panic!("proxy sent an unparseable message: {e}"))
+}
+
+fn to<'a>(out: &'a [Transmit], remote: &str) -> Vec<&'a Transmit> {
+    out.iter().filter(|t| t.flow.remote == addr(remote)).collect()
+}
+
+fn only_to(out: &[Transmit], remote: &str) -> Message {
+    let sent = to(out, remote);
+    assert_eq!(sent.len(), 1, "expected one message to {remote}, got {}: {out:#?}", sent.len());
+    parse(sent[0])
+}
+
+fn status(m: &Message) -> u16 {
+    m.status().expect("a response")
+}
+
+fn values(msg: &Message, name: HeaderName) -> Vec<String> {
+    msg.values(name).map(|(_, s)| String::from_utf8_lossy(msg.slice(s)).into_owned()).collect()
+}
+
+fn invite(call: &str, branch: &str) -> String {
+    format!(
+        "INVITE sip:+4930123456@pbx.example.com SIP/2.0
+Via: SIP/2.0/UDP 192.168.1.5:5062;branch={branch};rport
+Max-Forwards: 70
+From: <sip:201@pbx.example.com>;tag=ph1
+To: <sip:+4930123456@pbx.example.com>
+Call-ID: {call}
+CSeq: 1 INVITE
+Contact: <sip:201@192.168.1.5:5062>
+Content-Length: 0
+
+"
+    )
+}
+
+/// A response from the PBX to the forwarded request `req`, copying its Vias.
+fn answer(req: &Message, code: u16, reason: &str, to_tag: Option<&str>, extra: &str) -> String {
+    let mut s = format!("SIP/2.0 {code} {reason}\n");
+    for v in values(req, HeaderName::Via) {
+        s += &format!("Via: {v}\n");
+    }
+    for rr in values(req, HeaderName::RecordRoute) {
+        s += &format!("Record-Route: {rr}\n");
+    }
+    let to = String::from_utf8_lossy(req.header(HeaderName::To).unwrap()).into_owned();
+    let to = match to_tag {
+        Some(tag) => format!("{to};tag={tag}"),
+        None => to,
+    };
+    s += &format!(
+        "From: {}\nTo: {to}\nCall-ID: {}\nCSeq: {}\n{extra}Content-Length: 0\n\n",
+        String::from_utf8_lossy(req.header(HeaderName::From).unwrap()),
+        String::from_utf8_lossy(req.header(HeaderName::CallId).unwrap()),
+        String::from_utf8_lossy(req.header(HeaderName::CSeq).unwrap()),
+    );
+    s
+}
+
+#[test]
+fn an_invite_is_answered_100_and_forwarded_with_via_rport_record_route_and_max_forwards() {
+    let mut net = Net::new();
+    let out = net.from(PHONE, &invite("c1", "z9hG4bK-a"));
+    let trying = only_to(&out, PHONE);
+    assert_eq!(status(&trying), 100);
+    let fwd = only_to(&out, PBX);
+    let vias: Vec<_> = fwd.vias().map(|v| v.unwrap()).collect();
+    assert_eq!(vias.len(), 2);
+    assert_eq!(vias[0].host(), b"10.0.0.1");
+    assert_eq!(vias[0].port(), Some(5060));
+    assert!(vias[0].branch().unwrap().starts_with(b"z9hG4bK"));
+    assert_eq!(vias[1].received(), Some(&b"10.1.0.5"[..]), "NAT: where it really came from");
+    assert_eq!(vias[1].rport(), Some(Some(5062)));
+    assert_eq!(fwd.max_forwards().unwrap().unwrap(), 69);
+    let rr: Vec<_> = fwd.record_routes().map(|r| r.unwrap()).collect();
+    assert_eq!(rr.len(), 1, "same socket both ways: one Record-Route");
+    assert_eq!(rr[0].uri().host(), b"10.0.0.1");
+    assert!(rr[0].uri().params().contains("lr"));
+    assert_eq!(rr[0].uri().user().map(<[u8]>::len), Some(16), "flow token in the user part");
+    assert_eq!(fwd.request_uri_bytes(), Some(&b"sip:+4930123456@pbx.example.com"[..]));
+    assert_eq!(fwd.body(), b"");
+}
+
+#[test]
+fn provisional_and_final_responses_are_relayed_with_our_via_popped_and_100_absorbed() {
+    let mut net = Net::new();
+    let out = net.from(PHONE, &invite("c2", "z9hG4bK-b"));
+    let fwd = only_to(&out, PBX);
+    assert!(net.from(PBX, &answer(&fwd, 100, "Trying", None, "")).is_empty(), "100 is hop by hop");
+    let ringing = only_to(&net.from(PBX, &answer(&fwd, 180, "Ringing", Some("pbx1"), "")), PHONE);
+    assert_eq!(status(&ringing), 180);
+    assert_eq!(values(&ringing, HeaderName::Via).len(), 1);
+    assert!(values(&ringing, HeaderName::Via)[0].contains("branch=z9hG4bK-b"));
+    let ok = only_to(&net.from(PBX, &answer(&fwd, 200, "OK", Some("pbx1"), "")), PHONE);
+    assert_eq!(status(&ok), 200);
+    assert_eq!(ok.record_routes().count(), 1, "Record-Route reaches the caller");
+    // a retransmitted 2xx is forwarded again (the caller's ACK is what stops it)
+    let again = only_to(&net.from(PBX, &answer(&fwd, 200, "OK", Some("pbx1"), "")), PHONE);
+    assert_eq!(status(&again), 200);
+}
+
+#[test]
+fn a_retransmitted_invite_is_absorbed_and_answered_with_the_last_response() {
+    let mut net = Net::new();
+    let text = invite("c3", "z9hG4bK-c");
+    let out = net.from(PHONE, &text);
+    assert_eq!(to(&out, PBX).len(), 1);
+    let again = net.from(PHONE, &text);
+    assert!(to(&again, PBX).is_empty(), "not forwarded twice");
+    assert_eq!(status(&only_to(&again, PHONE)), 100);
+    assert_eq!(net.proxy.transaction_count(), 1);
+}
+
+#[test]
+fn udp_requests_are_retransmitted_on_timer_a_and_time_out_with_408() {
+    let mut net = Net::new();
+    net.from(PHONE, &invite("c4", "z9hG4bK-d"));
+    let mut retransmit_times = Vec::new();
+    let start = net.now;
+    let mut timeout = None;
+    for _ in 0..40 {
+        let out = net.advance(Duration::from_millis(250));
+        for t in &out {
+            if t.flow.remote == addr(PBX) {
+                retransmit_times.push((net.now - start).as_millis());
+            }
+            if t.flow.remote == addr(PHONE) && status(&parse(t)) == 408 {
+                timeout = Some((net.now - start).as_secs());
+            }
+        }
+    }
+    // timer A: 0.5 s, then doubling: 1.5, 3.5, 7.5 s ...
+    assert_eq!(&retransmit_times[..4], &[500, 1500, 3500, 7500]);
+    assert_eq!(timeout, None, "still within timer B");
+    let mut four_oh_eight = None;
+    for _ in 0..100 {
+        for t in net.advance(Duration::from_millis(250)) {
+            if t.flow.remote == addr(PHONE) {
+                let m = parse(&t);
+                assert_eq!(status(&m), 408);
+                assert!(m.to().unwrap().unwrap().tag().is_some());
+                four_oh_eight = Some(net.now - start);
+            }
+        }
+        if four_oh_eight.is_some() {
+            break;
+        }
+    }
+    let at = four_oh_eight.expect("408 after timer B");
+    assert!(at >= Duration::from_secs(32) && at < Duration::from_secs(33), "{at:?}");
+    // and the transaction eventually goes away
+    net.advance(Duration::from_secs(40));
+    assert_eq!(net.proxy.transaction_count(), 0);
+}
+
+#[test]
+fn a_provisional_stops_invite_retransmissions() {
+    let mut net = Net::new();
+    let fwd = only_to(&net.from(PHONE, &invite("c5", "z9hG4bK-e")), PBX);
+    net.from(PBX, &answer(&fwd, 100, "Trying", None, ""));
+    let later = net.advance(Duration::from_secs(10));
+    assert!(to(&later, PBX).is_empty(), "no retransmission after a provisional: {later:#?}");
+}
+
+#[test]
+fn cancel_before_any_provisional_waits_and_then_goes_downstream() {
+    let mut net = Net::new();
+    let fwd = only_to(&net.from(PHONE, &invite("c6", "z9hG4bK-f")), PBX);
+    let cancel = "CANCEL sip:+4930123456@pbx.example.com SIP/2.0
+Via: SIP/2.0/UDP 192.168.1.5:5062;branch=z9hG4bK-f;rport
+Max-Forwards: 70
+From: <sip:201@pbx.example.com>;tag=ph1
+To: <sip:+4930123456@pbx.example.com>
+Call-ID: c6
+CSeq: 1 CANCEL
+Content-Length: 0
+
+";
+    let out = net.from(PHONE, cancel);
+    let ok = only_to(&out, PHONE);
+    assert_eq!((status(&ok), ok.cseq().unwrap().unwrap().method()), (200, Method::Cancel));
+    assert!(to(&out, PBX).is_empty(), "no CANCEL before a provisional (RFC 3261 §9.1)");
+    let out = net.from(PBX, &answer(&fwd, 180, "Ringing", Some("t1"), ""));
+    let down = only_to(&out, PBX);
+    assert_eq!(down.method(), Some(Method::Cancel));
+    assert_eq!(values(&down, HeaderName::Via), values(&fwd, HeaderName::Via)[..1].to_vec(), "same branch as the INVITE");
+    // the PBX ends the INVITE with 487: ACKed here, relayed to the phone
+    let out = net.from(PBX, &answer(&fwd, 487, "Request Terminated", Some("t1"), ""));
+    let ack = only_to(&out, PBX);
+    assert_eq!(ack.method(), Some(Method::Ack));
+    assert_eq!(ack.to().unwrap().unwrap().tag(), Some(&b"t1"[..]));
+    assert_eq!(status(&only_to(&out, PHONE)), 487);
+}
+
+#[test]
+fn a_cancel_racing_a_200_is_answered_but_not_forwarded() {
+    let mut net = Net::new();
+    let fwd = only_to(&net.from(PHONE, &invite("c7", "z9hG4bK-g")), PBX);
+    net.from(PBX, &answer(&fwd, 180, "Ringing", Some("t"), ""));
+    net.from(PBX, &answer(&fwd, 200, "OK", Some("t"), ""));
+    let out = net.from(
+        PHONE,
+        "CANCEL sip:+4930123456@pbx.example.com SIP/2.0
+Via: SIP/2.0/UDP 192.168.1.5:5062;branch=z9hG4bK-g;rport
+From: <sip:201@pbx.example.com>;tag=ph1
+To: <sip:+4930123456@pbx.example.com>
+Call-ID: c7
+CSeq: 1 CANCEL
+Content-Length: 0
+
+",
+    );
+    assert_eq!(status(&only_to(&out, PHONE)), 200);
+    assert!(to(&out, PBX).is_empty());
+}
+
+#[test]
+fn a_cancel_for_nothing_gets_481() {
+    let mut net = Net::new();
+    let out = net.from(
+        PHONE,
+        "CANCEL sip:x@pbx SIP/2.0
+Via: SIP/2.0/UDP 192.168.1.5:5062;branch=z9hG4bK-none
+From: <sip:201@pbx>;tag=1
+To: <sip:x@pbx>
+Call-ID: nothing
+CSeq: 1 CANCEL
+Content-Length: 0
+
+",
+    );
+    assert_eq!(status(&only_to(&out, PHONE)), 481);
+}
+
+#[test]
+fn a_non_2xx_final_is_acked_hop_by_hop_and_retransmitted_upstream_until_acked() {
+    let mut net = Net::new();
+    let fwd = only_to(&net.from(PHONE, &invite("c8", "z9hG4bK-h")), PBX);
+    let busy = answer(&fwd, 486, "Busy Here", Some("b"), "");
+    let out = net.from(PBX, &busy);
+    assert_eq!(only_to(&out, PBX).method(), Some(Method::Ack));
+    assert_eq!(status(&only_to(&out, PHONE)), 486);
+    // the PBX retransmits its 486: ACK again, nothing new upstream
+    let out = net.from(PBX, &busy);
+    assert_eq!(only_to(&out, PBX).method(), Some(Method::Ack));
+    assert!(to(&out, PHONE).is_empty());
+    // the phone has not ACKed: timer G resends the 486 at 0.5 s, 1.5 s ...
+    let out = net.advance(Duration::from_millis(600));
+    assert_eq!(status(&only_to(&out, PHONE)), 486);
+    // the phone's ACK (same branch) is absorbed and stops timer G
+    let ack = "ACK sip:+4930123456@pbx.example.com SIP/2.0
+Via: SIP/2.0/UDP 192.168.1.5:5062;branch=z9hG4bK-h;rport
+Max-Forwards: 70
+From: <sip:201@pbx.example.com>;tag=ph1
+To: <sip:+4930123456@pbx.example.com>;tag=b
+Call-ID: c8
+CSeq: 1 ACK
+Content-Length: 0
+
+";
+    assert!(net.from(PHONE, ack).is_empty(), "ACK for a non-2xx stops here");
+    assert!(net.advance(Duration::from_secs(5)).is_empty());
+}
+
+#[test]
+fn forked_early_dialogs_and_two_200s_are_all_relayed() {
+    let mut net = Net::new();
+    let fwd = only_to(&net.from(PHONE, &invite("c9", "z9hG4bK-i")), PBX);
+    for tag in ["deskA", "softB"] {
+        let r = only_to(&net.from(PBX, &answer(&fwd, 180, "Ringing", Some(tag), "")), PHONE);
+        assert_eq!(r.to().unwrap().unwrap().tag(), Some(tag.as_bytes()));
+    }
+    for tag in ["deskA", "softB"] {
+        let r = only_to(&net.from(PBX, &answer(&fwd, 200, "OK", Some(tag), "")), PHONE);
+        assert_eq!((status(&r), r.to().unwrap().unwrap().tag()), (200, Some(tag.as_bytes())));
+    }
+}
+
+#[test]
+fn an_in_dialog_ack_and_bye_follow_the_route_set_both_ways() {
+    let mut net = Net::new();
+    let fwd = only_to(&net.from(PHONE, &invite("c10", "z9hG4bK-j")), PBX);
+    let rr = values(&fwd, HeaderName::RecordRoute)[0].clone();
+    net.from(PBX, &answer(&fwd, 200, "OK", Some("t"), "Contact: <sip:pbx@10.0.0.100:5070>\n"));
+    // the phone's 2xx ACK, through our Record-Route: forwarded statelessly, route popped
+    let ack = format!(
+        "ACK sip:pbx@10.0.0.100:5070 SIP/2.0
+Via: SIP/2.0/UDP 192.168.1.5:5062;branch=z9hG4bK-ack1;rport
+Route: {rr}
+Max-Forwards: 70
+From: <sip:201@pbx.example.com>;tag=ph1
+To: <sip:+4930123456@pbx.example.com>;tag=t
+Call-ID: c10
+CSeq: 1 ACK
+Content-Length: 0
+
+"
+    );
+    let out = net.from(PHONE, &ack);
+    let fwd_ack = only_to(&out, PBX);
+    assert_eq!(fwd_ack.routes().count(), 0, "our Route popped");
+    assert_eq!(fwd_ack.request_uri_bytes(), Some(&b"sip:pbx@10.0.0.100:5070"[..]));
+    assert_eq!(fwd_ack.vias().count(), 2);
+    assert_eq!(net.from(PHONE, &ack).len(), 1, "a retransmitted ACK is forwarded the same way");
+    // the PBX hangs up: its BYE carries our Record-Route as Route and reaches the phone's
+    // real address (the flow token), whatever the Contact said (192.168.1.5 is behind NAT)
+    let bye = format!(
+        "BYE sip:201@192.168.1.5:5062 SIP/2.0
+Via: SIP/2.0/UDP 10.0.0.100:5070;branch=z9hG4bK-pbxbye
+Route: {rr}
+Max-Forwards: 70
+From: <sip:+4930123456@pbx.example.com>;tag=t
+To: <sip:201@pbx.example.com>;tag=ph1
+Call-ID: c10
+CSeq: 5 BYE
+Content-Length: 0
+
+"
+    );
+    let out = net.from(PBX, &bye);
+    let to_phone = only_to(&out, PHONE);
+    assert_eq!(to_phone.method(), Some(Method::Bye));
+    assert_eq!(to_phone.routes().count(), 0);
+    assert_eq!(to_phone.request_uri_bytes(), Some(&b"sip:201@192.168.1.5:5062"[..]));
+    let ok = format!(
+        "SIP/2.0 200 OK\n{}From: <sip:+4930123456@pbx.example.com>;tag=t\nTo: <sip:201@pbx.example.com>;tag=ph1\nCall-ID: c10\nCSeq: 5 BYE\nContent-Length: 0\n\n",
+        values(&to_phone, HeaderName::Via).iter().map(|v| format!("Via: {v}\n")).collect::<String>()
+    );
+    let back = only_to(&net.from(PHONE, &ok), PBX);
+    assert_eq!(status(&back), 200);
+    assert!(values(&back, HeaderName::Via)[0].contains("z9hG4bK-pbxbye"));
+}
+
+fn register(expires: u32, branch: &str) -> String {
+    format!(
+        "REGISTER sip:pbx.example.com SIP/2.0
+Via: SIP/2.0/UDP 192.168.1.5:5062;branch={branch};rport
+Max-Forwards: 70
+From: <sip:201@pbx.example.com>;tag=r1
+To: <sip:201@pbx.example.com>
+Call-ID: reg-1
+CSeq: 2 REGISTER
+Contact: <sip:201@192.168.1.5:5062;line=x1>;+sip.instance=\"<urn:uuid:1>\"
+Expires: {expires}
+Content-Length: 0
+
+"
+    )
+}
+
+/// The PBX's 200 to a forwarded REGISTER, echoing its (aliased) Contact.
+fn register_ok(fwd: &Message, expires: u32) -> String {
+    let contact = values(fwd, HeaderName::Contact)[0].clone();
+    answer(fwd, 200, "OK", Some("reg"), &format!("Contact: {contact};expires={expires}\n"))
+}
+
+#[test]
+fn registration_aliases_the_contact_and_the_pbx_reaches_the_phone_through_it() {
+    let mut net = Net::new();
+    let fwd = only_to(&net.from(PHONE, &register(3600, "z9hG4bK-r1")), PBX);
+    let contact = fwd.contacts().next().unwrap().unwrap();
+    let alias = contact.address().unwrap();
+    assert_eq!(alias.uri().host(), b"10.0.0.1", "the PBX sees the proxy");
+    assert_eq!(alias.uri().user(), Some(&b"201"[..]));
+    assert!(alias.uri().params().value("ppa").is_some());
+    assert_eq!(alias.params().value("+sip.instance"), Some(&b"\"<urn:uuid:1>\""[..]), "header params kept");
+    let alias_uri = String::from_utf8_lossy(alias.uri().as_bytes()).into_owned();
+
+    let ok = only_to(&net.from(PBX, &register_ok(&fwd, 3600)), PHONE);
+    assert_eq!(status(&ok), 200);
+    let back = ok.contacts().next().unwrap().unwrap();
+    assert_eq!(back.address().unwrap().uri().as_bytes(), b"sip:201@192.168.1.5:5062;line=x1", "the phone sees its own Contact");
+    assert_eq!(net.proxy.binding_count(), 1);
+
+    // the PBX calls the registered contact: reaches the phone's real address
+    let call = format!(
+        "INVITE {alias_uri} SIP/2.0
+Via: SIP/2.0/UDP 10.0.0.100:5070;branch=z9hG4bK-pbxinv
+Max-Forwards: 70
+From: <sip:+4930999@pbx.example.com>;tag=p1
+To: <sip:201@pbx.example.com>
+Call-ID: in-1
+CSeq: 1 INVITE
+Contact: <sip:pbx@10.0.0.100:5070>
+Content-Length: 0
+
+"
+    );
+    let out = net.from(PBX, &call);
+    assert_eq!(status(&only_to(&out, PBX)), 100);
+    let inv = only_to(&out, PHONE);
+    assert_eq!(inv.request_uri_bytes(), Some(&b"sip:201@192.168.1.5:5062;line=x1"[..]));
+    assert_eq!(inv.record_routes().count(), 1);
+    // the AoR works too (a PBX that addresses sip:201@proxy)
+    let by_aor = call.replace(&alias_uri, "sip:201@10.0.0.1:5060").replace("z9hG4bK-pbxinv", "z9hG4bK-pbxinv2").replace("in-1", "in-2");
+    let inv = only_to(&net.from(PBX, &by_aor), PHONE);
+    assert_eq!(inv.request_uri_bytes(), Some(&b"sip:201@192.168.1.5:5062;line=x1"[..]));
+}
+
+#[test]
+fn an_unregistered_or_expired_binding_gets_404() {
+    let mut net = Net::new();
+    let fwd = only_to(&net.from(PHONE, &register(60, "z9hG4bK-r2")), PBX);
+    let alias = values(&fwd, HeaderName::Contact)[0].clone();
+    let alias_uri = alias.trim_start_matches('<').split('>').next().unwrap().to_string();
+    net.from(PBX, &register_ok(&fwd, 60));
+    let call = |n: u32| {
+        format!(
+            "OPTIONS {alias_uri} SIP/2.0
+Via: SIP/2.0/UDP 10.0.0.100:5070;branch=z9hG4bK-o{n}
+From: <sip:pbx@pbx.example.com>;tag=p
+To: <sip:201@pbx.example.com>
+Call-ID: opt-{n}
+CSeq: 1 OPTIONS
+Content-Length: 0
+
+"
+        )
+    };
+    assert_eq!(only_to(&net.from(PBX, &call(1)), PHONE).method(), Some(Method::Options));
+    net.advance(Duration::from_secs(75));
+    assert_eq!(net.proxy.binding_count(), 0, "expired after 60 s");
+    assert_eq!(status(&only_to(&net.from(PBX, &call(2)), PBX)), 404);
+    let bogus = call(3).replace("ppa=", "ppa=0000").replace("z9hG4bK-o3", "z9hG4bK-o4");
+    assert_eq!(status(&only_to(&net.from(PBX, &bogus), PBX)), 404);
+}
+
+#[test]
+fn expires_zero_removes_the_binding() {
+    let mut net = Net::new();
+    let fwd = only_to(&net.from(PHONE, &register(3600, "z9hG4bK-r3")), PBX);
+    net.from(PBX, &register_ok(&fwd, 3600));
+    assert_eq!(net.proxy.binding_count(), 1);
+    let fwd = only_to(&net.from(PHONE, &register(0, "z9hG4bK-r4").replace("CSeq: 2", "CSeq: 3")), PBX);
+    net.from(PBX, &register_ok(&fwd, 0));
+    assert_eq!(net.proxy.binding_count(), 0);
+}
+
+#[test]
+fn path_mode_adds_path_and_leaves_contacts_alone() {
+    let mut cfg = config();
+    cfg.pbx_path = true;
+    let mut net = Net::with(cfg);
+    let fwd = only_to(&net.from(PHONE, &register(3600, "z9hG4bK-p1")), PBX);
+    let path = fwd.paths().next().expect("a Path").unwrap();
+    assert_eq!(path.uri().host(), b"10.0.0.1");
+    assert!(path.uri().params().contains("lr"));
+    assert_eq!(values(&fwd, HeaderName::Contact)[0], "<sip:201@192.168.1.5:5062;line=x1>;+sip.instance=\"<urn:uuid:1>\"");
+    // the PBX routes a call through the Path: it reaches the phone's real address
+    let path_uri = String::from_utf8_lossy(path.uri().as_bytes()).into_owned();
+    let call = format!(
+        "INVITE sip:201@192.168.1.5:5062;line=x1 SIP/2.0
+Via: SIP/2.0/UDP 10.0.0.100:5070;branch=z9hG4bK-pp1
+Route: <{path_uri}>
+Max-Forwards: 70
+From: <sip:+4930999@pbx.example.com>;tag=p1
+To: <sip:201@pbx.example.com>
+Call-ID: in-p
+CSeq: 1 INVITE
+Content-Length: 0
+
+"
+    );
+    let inv = only_to(&net.from(PBX, &call), PHONE);
+    assert_eq!(inv.routes().count(), 0);
+}
+
+#[test]
+fn strangers_get_403_and_only_phones_and_the_pbx_are_served() {
+    let mut net = Net::new();
+    let out = net.from("203.0.113.9:5060", &invite("x1", "z9hG4bK-s"));
+    assert_eq!(status(&only_to(&out, "203.0.113.9:5060")), 403);
+    assert!(to(&out, PBX).is_empty());
+    // a response from a stranger that names no transaction of ours goes nowhere
+    let out = net.from(
+        "203.0.113.9:5060",
+        "SIP/2.0 200 OK\nVia: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bKpp0000\nVia: SIP/2.0/UDP 198.51.100.1;branch=z9hG4bK-v\nFrom: <sip:a@b>;tag=1\nTo: <sip:c@d>;tag=2\nCall-ID: r\nCSeq: 1 OPTIONS\nContent-Length: 0\n\n",
+    );
+    assert!(out.is_empty(), "not relayed to an address outside the allowed networks");
+}
+
+#[test]
+fn max_forwards_zero_gets_483() {
+    let mut net = Net::new();
+    let out = net.from(PHONE, &invite("mf", "z9hG4bK-mf").replace("Max-Forwards: 70", "Max-Forwards: 0"));
+    assert_eq!(status(&only_to(&out, PHONE)), 483);
+    assert!(to(&out, PBX).is_empty());
+}
+
+#[test]
+fn transaction_and_rate_limits_answer_503_with_retry_after() {
+    let mut cfg = config();
+    cfg.max_transactions = 2;
+    let mut net = Net::with(cfg);
+    net.from(PHONE, &invite("l1", "z9hG4bK-l1"));
+    net.from(PHONE, &invite("l2", "z9hG4bK-l2"));
+    let out = net.from(PHONE, &invite("l3", "z9hG4bK-l3"));
+    let refused = only_to(&out, PHONE);
+    assert_eq!(status(&refused), 503);
+    assert!(refused.header(HeaderName::RetryAfter).is_some());
+    assert!(to(&out, PBX).is_empty());
+
+    let mut cfg = config();
+    cfg.max_requests_per_second_per_source = 5;
+    let mut net = Net::with(cfg);
+    let mut refused = 0;
+    for i in 0..20 {
+        let out = net.from(PHONE, &invite(&format!("r{i}"), &format!("z9hG4bK-r{i}")));
+        refused += to(&out, PHONE).iter().filter(|t| parse(t).status() == Some(503)).count();
+    }
+    assert_eq!(refused, 15, "a burst of 5, then refused within the same second");
+    net.advance(Duration::from_secs(2));
+    let out = net.from(PHONE, &invite("after", "z9hG4bK-after"));
+    assert_eq!(to(&out, PBX).len(), 1, "allowed again after the bucket refills");
+}
+
+#[test]
+fn a_malformed_request_gets_400_naming_the_defect_and_a_malformed_response_is_dropped() {
+    let mut net = Net::new();
+    let out = net.from(PHONE, &invite("bad", "z9hG4bK-bad").replace("CSeq: 1 INVITE", "CSeq: 1 BYE"));
+    let r = only_to(&out, PHONE);
+    assert_eq!(status(&r), 400);
+    assert!(String::from_utf8_lossy(r.reason().unwrap()).contains("CSeq"));
+    let out = net.from(PBX, "SIP/2.0 200 OK\nVia: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bKpp1\nCSeq: 1 INVITE\nContent-Length: 0\n\n");
+    assert!(out.is_empty());
+    assert!(net.from(PHONE, "this is not SIP at all\n\n").is_empty());
+    assert_eq!(net.proxy.stats().parse_errors, 3);
+}
+
+#[test]
+fn over_tcp_responses_return_on_the_same_connection_and_record_route_is_doubled() {
+    let mut net = Net::new();
+    let flow = Flow { transport: Transport::Tcp, remote: addr(PHONE), local: addr(PROXY), conn: Some(42) };
+    let out = net.from_flow(flow, &invite("t1", "z9hG4bK-t1").replace("SIP/2.0/UDP 192.168.1.5", "SIP/2.0/TCP 192.168.1.5"));
+    let trying = out.iter().find(|t| t.flow.remote == addr(PHONE)).unwrap();
+    assert_eq!((trying.flow.transport, trying.flow.conn), (Transport::Tcp, Some(42)));
+    let fwd = only_to(&out, PBX);
+    let rr: Vec<_> = fwd.record_routes().map(|r| String::from_utf8_lossy(r.unwrap().uri().as_bytes()).into_owned()).collect();
+    assert_eq!(rr.len(), 2, "phone on TCP, PBX on UDP: double Record-Route (RFC 5658)");
+    assert!(rr[0].ends_with(";lr;r2=on") && !rr[0].contains("transport="), "top faces the PBX (UDP): {rr:?}");
+    assert!(rr[1].contains(";transport=tcp;lr;r2=on"), "second faces the phone (TCP): {rr:?}");
+    let ringing = net.from(PBX, &answer(&fwd, 180, "Ringing", Some("x"), ""));
+    assert_eq!(ringing[0].flow.conn, Some(42));
+    // the PBX's in-dialog request with both routes: both popped, sent over the connection
+    let bye = format!(
+        "BYE sip:201@192.168.1.5:5062;transport=tcp SIP/2.0
+Via: SIP/2.0/UDP 10.0.0.100:5070;branch=z9hG4bK-tb
+Route: <{}>, <{}>
+From: <sip:x@pbx>;tag=x
+To: <sip:201@pbx>;tag=ph1
+Call-ID: t1
+CSeq: 9 BYE
+Content-Length: 0
+
+",
+        rr[0], rr[1]
+    );
+    let out = net.from(PBX, &bye);
+    let sent = out.iter().find(|t| t.flow.remote == addr(PHONE)).expect("to the phone");
+    assert_eq!((sent.flow.transport, sent.flow.conn), (Transport::Tcp, Some(42)));
+    assert_eq!(parse(sent).routes().count(), 0);
+}
+
+#[test]
+fn transactions_are_gone_after_their_linger_time() {
+    let mut net = Net::new();
+    for i in 0..10 {
+        let fwd = only_to(&net.from(PHONE, &invite(&format!("g{i}"), &format!("z9hG4bK-g{i}"))), PBX);
+        net.from(PBX, &answer(&fwd, 200, "OK", Some("t"), ""));
+    }
+    assert_eq!(net.proxy.transaction_count(), 10);
+    net.advance(Duration::from_secs(33));
+    assert_eq!(net.proxy.transaction_count(), 0);
+}
