@@ -20,6 +20,7 @@ pub mod demo;
 pub mod fuzzing;
 pub mod inspect;
 pub mod proxy;
+pub mod runtime;
 pub mod sip;
 pub mod telemetry;
 pub mod transport;

@@ -20,6 +20,12 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the proxy with a configuration file until SIGINT/SIGTERM.
+    Run {
+        /// The configuration file (TOML); see config/example.toml.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
     /// Parse each file as one SIP datagram; print what is understood, or the error.
     /// Exits 0 when every file is a valid SIP message, 1 otherwise.
     Inspect {
@@ -44,6 +50,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Run { config } => run(&config),
         Command::Inspect { files } => {
             let mut all_ok = true;
             for file in &files {
@@ -70,5 +77,39 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
+    }
+}
+
+fn run(path: &std::path::Path) -> ExitCode {
+    let config = match presence_proxy::config::Config::load(path) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("{err}");
+            return ExitCode::from(1);
+        }
+    };
+    if let Err(err) = presence_proxy::telemetry::init_logging(&config.log) {
+        eprintln!("{}: {err}", path.display());
+        return ExitCode::from(1);
+    }
+    // one thread: the proxy core is single-threaded by design, and a second worker
+    // would only add cross-thread wake-ups on the per-message path
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("cannot start the async runtime: {err}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(presence_proxy::runtime::run(
+        &config,
+        presence_proxy::runtime::shutdown_signal(),
+    ));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("{err}");
+            ExitCode::from(1)
+        }
     }
 }

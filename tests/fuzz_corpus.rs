@@ -20,6 +20,14 @@ use presence_proxy::fuzzing;
 const KNOWN_OPEN: &[(&str, &str)] = &[
     // validate() accepts `Via:` with an empty value as the message's only Via
     ("datagram", "crash-validate-accepts-empty-via-regression"),
+    // a tel URI accepts a parameter without a name (`tel:2;=`)
+    ("uri", "crash-tel-param-without-name-regression"),
+    // a header line inserted after a line with no line end (the start line or the
+    // last header of a datagram) is glued onto it
+    (
+        "edit_round_trip",
+        "crash-edit-header-after-unterminated-line-regression",
+    ),
 ];
 
 /// The named seeds of one target, sorted.

@@ -660,3 +660,38 @@ fn transactions_are_gone_after_their_linger_time() {
     net.advance(Duration::from_secs(33));
     assert_eq!(net.proxy.transaction_count(), 0);
 }
+
+#[test]
+fn the_ack_for_a_response_the_proxy_generated_is_absorbed() {
+    let mut net = Net::new();
+    let text = invite("own", "z9hG4bK-own").replace("Max-Forwards: 70", "Max-Forwards: 0");
+    let r = only_to(&net.from(PHONE, &text), PHONE);
+    assert_eq!(status(&r), 483);
+    let tag = String::from_utf8_lossy(r.to().unwrap().unwrap().tag().unwrap()).into_owned();
+    let ack = format!(
+        "ACK sip:+4930123456@pbx.example.com SIP/2.0
+Via: SIP/2.0/UDP 192.168.1.5:5062;branch=z9hG4bK-own;rport
+Max-Forwards: 70
+From: <sip:201@pbx.example.com>;tag=ph1
+To: <sip:+4930123456@pbx.example.com>;tag={tag}
+Call-ID: own
+CSeq: 1 ACK
+Content-Length: 0
+
+"
+    );
+    assert!(net.from(PHONE, &ack).is_empty(), "not forwarded to the PBX");
+}
+
+#[test]
+fn draining_refuses_new_requests_but_finishes_open_ones() {
+    let mut net = Net::new();
+    let fwd = only_to(&net.from(PHONE, &invite("d1", "z9hG4bK-d1")), PBX);
+    assert_eq!(net.proxy.pending_transaction_count(), 1);
+    net.proxy.set_draining(true);
+    let out = net.from(PHONE, &invite("d2", "z9hG4bK-d2"));
+    assert_eq!(status(&only_to(&out, PHONE)), 503);
+    assert!(to(&out, PBX).is_empty());
+    assert_eq!(status(&only_to(&net.from(PBX, &answer(&fwd, 200, "OK", Some("t"), "")), PHONE)), 200);
+    assert_eq!(net.proxy.pending_transaction_count(), 0, "nothing left to wait for");
+}

@@ -122,6 +122,7 @@ pub struct Proxy {
     next_id: u64,
     next_sweep: Option<Instant>,
     stats: Stats,
+    draining: bool,
 }
 
 /// Formats an address as a SIP host:port (IPv6 in brackets).
@@ -163,6 +164,7 @@ impl Proxy {
             next_id: 1,
             next_sweep: None,
             stats: Stats::default(),
+            draining: false,
         }
     }
 
@@ -184,6 +186,14 @@ impl Proxy {
         self.txns.len()
     }
 
+    /// Transactions still waiting for a final response (what a shutdown waits for).
+    pub fn pending_transaction_count(&self) -> usize {
+        self.txns
+            .values()
+            .filter(|t| t.server_state == ServerState::Proceeding)
+            .count()
+    }
+
     /// Registered bindings.
     pub fn binding_count(&self) -> usize {
         self.aliases.registered_count()
@@ -197,6 +207,11 @@ impl Proxy {
     /// Counters.
     pub fn stats(&self) -> Stats {
         self.stats
+    }
+
+    /// Shutting down: new requests are answered 503 while open transactions finish.
+    pub fn set_draining(&mut self, draining: bool) {
+        self.draining = draining;
     }
 
     /// A TCP/TLS connection closed: forget it in every flow that used it.
@@ -286,13 +301,15 @@ impl Proxy {
         bytes
     }
 
-    /// A To tag for a response the proxy generates: stable per request, so a
-    /// retransmitted request gets the same tag.
+    /// A To tag for a response the proxy generates: stable per request (Call-ID, From
+    /// tag, CSeq number), so a retransmitted request gets the same tag and the ACK for
+    /// the response is recognised by it.
     fn tag_for(&self, request: &Message) -> String {
         let mut h = DefaultHasher::new();
         self.config.seed.hash(&mut h);
         request.header(HeaderName::CallId).hash(&mut h);
-        request.header(HeaderName::CSeq).hash(&mut h);
+        request.from().and_then(Result::ok).and_then(|f| f.tag()).hash(&mut h);
+        request.cseq().and_then(Result::ok).map(|c| c.seq()).hash(&mut h);
         format!("pp{:012x}", h.finish() & 0xffff_ffff_ffff)
     }
 
@@ -316,8 +333,12 @@ impl Proxy {
         format!("{BRANCH_PREFIX}s{:016x}", h.finish())
     }
 
+    /// Whether a flow is the PBX: its exact address, or (for a PBX that sends from
+    /// other ports, e.g. its own TCP connections) its IP when that IP is not also in
+    /// the phone networks (on loopback, phones and PBX share an IP).
     fn is_pbx(&self, flow: &Flow) -> bool {
-        flow.remote.ip() == self.config.pbx.ip()
+        flow.remote == self.config.pbx
+            || (flow.remote.ip() == self.config.pbx.ip() && !self.is_allowed_phone(flow.remote.ip()))
     }
 
     fn is_allowed_phone(&self, ip: IpAddr) -> bool {
@@ -457,6 +478,10 @@ impl Proxy {
         };
         if max_forwards == 0 {
             self.respond(flow, &msg, 483, "Too Many Hops", &[]);
+            return;
+        }
+        if self.draining {
+            self.respond(flow, &msg, 503, "Service Unavailable - Shutting Down", &[("Retry-After", b"5")]);
             return;
         }
         if self.txns.len() >= self.config.max_transactions {
@@ -811,6 +836,11 @@ impl Proxy {
                     }
                 }
             }
+        }
+        // the ACK for a final response this proxy generated itself (403, 404, 483, 503)
+        let own_tag = self.tag_for(&msg);
+        if msg.to().and_then(Result::ok).and_then(|to| to.tag()) == Some(own_tag.as_bytes()) {
+            return;
         }
         let max_forwards = match msg.max_forwards() {
             Some(Ok(0)) => return,

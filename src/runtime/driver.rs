@@ -1,0 +1,236 @@
+//! The driver task: owns the proxy core and every connection's writer; turns events
+//! into core inputs and the core's transmits into socket writes.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::net::UdpSocket;
+use tokio::sync::{Semaphore, mpsc, watch};
+use tracing::{debug, info, warn};
+
+use super::Event;
+use super::stream::{self, Shared};
+use crate::proxy::{Flow, Proxy, ProxyConfig, Transmit};
+use crate::sip::Limits;
+use crate::transport::Transport;
+
+#[derive(Debug)]
+struct Conn {
+    transport: Transport,
+    remote: SocketAddr,
+    local: SocketAddr,
+    writer: mpsc::Sender<Bytes>,
+}
+
+/// Messages held for a peer while a connection to it is being opened.
+const PENDING_PER_PEER: usize = 256;
+
+pub(super) struct Driver {
+    proxy: Proxy,
+    udp: Vec<(SocketAddr, Arc<UdpSocket>)>,
+    conns: HashMap<u64, Conn>,
+    by_remote: HashMap<(Transport, SocketAddr), u64>,
+    pending: HashMap<(Transport, SocketAddr), Vec<Bytes>>,
+    shared: Shared,
+}
+
+impl Driver {
+    pub(super) fn new(
+        config: ProxyConfig,
+        udp: Vec<(SocketAddr, Arc<UdpSocket>)>,
+        events: mpsc::Sender<Event>,
+        conn_ids: Arc<AtomicU64>,
+        limits: Limits,
+        slots: Arc<Semaphore>,
+    ) -> Self {
+        Self {
+            proxy: Proxy::new(config),
+            udp,
+            conns: HashMap::new(),
+            by_remote: HashMap::new(),
+            pending: HashMap::new(),
+            shared: Shared {
+                events,
+                conn_ids,
+                limits,
+                slots,
+            },
+        }
+    }
+
+    pub(super) async fn run(
+        mut self,
+        mut events: mpsc::Receiver<Event>,
+        mut shutdown: watch::Receiver<bool>,
+        grace: Duration,
+    ) {
+        let mut batch = Vec::with_capacity(64);
+        let mut drain_until: Option<Instant> = None;
+        loop {
+            let wake = match (self.proxy.poll_timeout(), drain_until) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            tokio::select! {
+                biased;
+                n = events.recv_many(&mut batch, 64) => {
+                    if n == 0 {
+                        return;
+                    }
+                    let now = Instant::now();
+                    for event in batch.drain(..) {
+                        self.handle(now, event);
+                    }
+                }
+                _ = sleep_until(wake) => {
+                    self.proxy.handle_timeout(Instant::now());
+                }
+                changed = shutdown.changed(), if drain_until.is_none() => {
+                    if changed.is_err() || *shutdown.borrow() {
+                        self.proxy.set_draining(true);
+                        drain_until = Some(Instant::now() + grace);
+                        info!(open = self.proxy.pending_transaction_count(), "draining");
+                    }
+                }
+            }
+            self.flush();
+            if let Some(until) = drain_until {
+                if self.proxy.pending_transaction_count() == 0 || Instant::now() >= until {
+                    info!(unfinished = self.proxy.pending_transaction_count(), "stopped");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn handle(&mut self, now: Instant, event: Event) {
+        match event {
+            Event::Datagram { local, remote, bytes } => {
+                let flow = Flow {
+                    transport: Transport::Udp,
+                    remote,
+                    local,
+                    conn: None,
+                };
+                self.proxy.handle_datagram(now, flow, bytes);
+            }
+            Event::Message { conn, msg } => {
+                let Some(c) = self.conns.get(&conn) else { return };
+                let flow = Flow {
+                    transport: c.transport,
+                    remote: c.remote,
+                    local: c.local,
+                    conn: Some(conn),
+                };
+                self.proxy.handle_message(now, flow, msg);
+            }
+            Event::Opened {
+                conn,
+                transport,
+                remote,
+                local,
+                writer,
+            } => {
+                debug!(conn, remote = %remote, transport = %transport, "connection open");
+                if let Some(queued) = self.pending.remove(&(transport, remote)) {
+                    for bytes in queued {
+                        let _ = writer.try_send(bytes);
+                    }
+                }
+                self.by_remote.insert((transport, remote), conn);
+                self.conns.insert(
+                    conn,
+                    Conn {
+                        transport,
+                        remote,
+                        local,
+                        writer,
+                    },
+                );
+            }
+            Event::Closed { conn } => {
+                if let Some(c) = self.conns.remove(&conn) {
+                    if self.by_remote.get(&(c.transport, c.remote)) == Some(&conn) {
+                        self.by_remote.remove(&(c.transport, c.remote));
+                    }
+                    debug!(conn, remote = %c.remote, "connection closed");
+                }
+                self.proxy.connection_closed(conn);
+            }
+            Event::ConnectFailed { transport, remote } => {
+                if let Some(dropped) = self.pending.remove(&(transport, remote)) {
+                    warn!(remote = %remote, transport = %transport, dropped = dropped.len(), "could not connect: messages dropped");
+                }
+            }
+        }
+    }
+
+    fn flush(&mut self) {
+        while let Some(Transmit { flow, bytes }) = self.proxy.poll_transmit() {
+            match flow.transport {
+                Transport::Udp => self.send_udp(flow, bytes),
+                Transport::Tcp | Transport::Tls => self.send_stream(flow, bytes),
+            }
+        }
+    }
+
+    fn send_udp(&mut self, flow: Flow, bytes: Bytes) {
+        let socket = self
+            .udp
+            .iter()
+            .find(|(local, _)| *local == flow.local)
+            .or_else(|| self.udp.iter().find(|(local, _)| local.is_ipv4() == flow.remote.is_ipv4()))
+            .map(|(_, s)| s.clone());
+        let Some(socket) = socket else {
+            debug!(remote = %flow.remote, "no UDP socket for this address family");
+            return;
+        };
+        match socket.try_send_to(&bytes, flow.remote) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                // the socket buffer is full: wait for it off the driver's path
+                tokio::spawn(async move {
+                    let _ = socket.send_to(&bytes, flow.remote).await;
+                });
+            }
+            Err(e) => debug!(remote = %flow.remote, error = %e, "udp send failed"),
+        }
+    }
+
+    fn send_stream(&mut self, flow: Flow, bytes: Bytes) {
+        let key = (flow.transport, flow.remote);
+        let conn = flow
+            .conn
+            .filter(|c| self.conns.contains_key(c))
+            .or_else(|| self.by_remote.get(&key).copied());
+        if let Some(conn) = conn.and_then(|c| self.conns.get(&c)) {
+            match conn.writer.try_send(bytes) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    warn!(remote = %flow.remote, "connection not draining: message dropped");
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {}
+            }
+            return;
+        }
+        let queue = self.pending.entry(key).or_default();
+        let first = queue.is_empty();
+        if queue.len() < PENDING_PER_PEER {
+            queue.push(bytes);
+        }
+        if first {
+            tokio::spawn(stream::connect(flow.transport, flow.remote, self.shared.clone()));
+        }
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,295 @@
+//! The tokio shell: the only code that opens sockets, spawns tasks or reads the clock.
+//!
+//! [`start`] binds every listener, resolves the PBX, and spawns one driver task that
+//! owns the sans-IO [`Proxy`](crate::proxy::Proxy) and feeds it what arrives:
+//! datagrams from the UDP reader tasks, framed messages from the TCP/TLS connection
+//! tasks, and the time. What the proxy wants sent goes out on the UDP sockets or to the
+//! connection tasks. [`RuntimeHandle::shutdown`] drains: new requests get 503 while
+//! open transactions finish, for at most the configured grace time.
+
+mod driver;
+mod stream;
+mod tls;
+mod udp;
+
+use std::future::Future;
+use std::hash::{BuildHasher, Hasher};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tracing::info;
+
+use crate::config::Config;
+use crate::proxy::{Listener, ProxyConfig};
+use crate::sip::Limits;
+use crate::transport::Transport;
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RuntimeError {
+    /// A listener could not be bound.
+    #[error("cannot listen on {transport} {addr}: {source}")]
+    Bind {
+        /// Transport of the listener.
+        transport: Transport,
+        /// Address asked for.
+        addr: SocketAddr,
+        /// The system's reason.
+        source: std::io::Error,
+    },
+    /// The PBX host name did not resolve.
+    #[error("cannot resolve the PBX {host}: {reason}")]
+    Resolve {
+        /// Host from the configuration.
+        host: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The TLS certificate or key could not be used.
+    #[error("TLS setup failed for {path}: {reason}")]
+    Tls {
+        /// The file at fault.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A configuration the runtime does not support yet.
+    #[error("{0}")]
+    Unsupported(&'static str),
+}
+
+/// What the driver and the I/O tasks tell each other.
+#[derive(Debug)]
+pub(crate) enum Event {
+    Datagram {
+        local: SocketAddr,
+        remote: SocketAddr,
+        bytes: bytes::Bytes,
+    },
+    Message {
+        conn: u64,
+        msg: crate::sip::Message,
+    },
+    Opened {
+        conn: u64,
+        transport: Transport,
+        remote: SocketAddr,
+        local: SocketAddr,
+        writer: mpsc::Sender<bytes::Bytes>,
+    },
+    Closed {
+        conn: u64,
+    },
+    ConnectFailed {
+        transport: Transport,
+        remote: SocketAddr,
+    },
+}
+
+/// A running proxy.
+#[derive(Debug)]
+pub struct RuntimeHandle {
+    listeners: Vec<Listener>,
+    shutdown: watch::Sender<bool>,
+    driver: JoinHandle<()>,
+    io_tasks: Vec<JoinHandle<()>>,
+}
+
+impl RuntimeHandle {
+    /// The bound listeners (with the ports the system chose for port 0).
+    pub fn listeners(&self) -> &[Listener] {
+        &self.listeners
+    }
+
+    /// The bound address of the first listener of a transport.
+    pub fn local_addr(&self, transport: Transport) -> Option<SocketAddr> {
+        self.listeners
+            .iter()
+            .find(|l| l.transport == transport)
+            .map(|l| l.local)
+    }
+
+    /// Stops accepting new requests, lets open transactions finish (bounded by the
+    /// grace time), then stops every task.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.driver.await;
+        for task in self.io_tasks {
+            task.abort();
+        }
+    }
+}
+
+fn random_seed() -> u64 {
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(0x7072_6573_656e_6365);
+    h.finish()
+}
+
+async fn resolve_pbx(config: &Config) -> Result<SocketAddr, RuntimeError> {
+    let port = config.pbx.port_or_default();
+    let host = config.pbx.host.trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = host.parse() {
+        return Ok(SocketAddr::new(ip, port));
+    }
+    let mut addrs = tokio::net::lookup_host((host, port))
+        .await
+        .map_err(|e| RuntimeError::Resolve {
+            host: config.pbx.host.clone(),
+            reason: e.to_string(),
+        })?;
+    addrs.next().ok_or_else(|| RuntimeError::Resolve {
+        host: config.pbx.host.clone(),
+        reason: "no address".into(),
+    })
+}
+
+fn listener(transport: Transport, local: SocketAddr, config: &Config) -> Listener {
+    let ip = config.listen.advertised_address.unwrap_or(local.ip());
+    Listener {
+        transport,
+        local,
+        advertised: SocketAddr::new(ip, local.port()),
+    }
+}
+
+/// Binds the listeners and starts the proxy.
+pub async fn start(config: &Config) -> Result<RuntimeHandle, RuntimeError> {
+    if config.pbx.transport == Transport::Tls {
+        return Err(RuntimeError::Unsupported(
+            "pbx.transport = \"tls\" is not supported yet: use udp or tcp towards the PBX",
+        ));
+    }
+    let pbx = resolve_pbx(config).await?;
+    let (events_tx, events_rx) = mpsc::channel(8192);
+    let conn_ids = Arc::new(AtomicU64::new(1));
+    let limits = Limits {
+        max_message_size: config.limits.max_message_size,
+        ..Limits::default()
+    };
+    let connection_slots = Arc::new(tokio::sync::Semaphore::new(config.limits.max_tcp_connections));
+    let mut listeners = Vec::new();
+    let mut udp_sockets = Vec::new();
+    let mut io_tasks = Vec::new();
+    for &addr in &config.listen.udp {
+        let socket = UdpSocket::bind(addr).await.map_err(|source| RuntimeError::Bind {
+            transport: Transport::Udp,
+            addr,
+            source,
+        })?;
+        let local = socket.local_addr().map_err(|source| RuntimeError::Bind {
+            transport: Transport::Udp,
+            addr,
+            source,
+        })?;
+        let socket = Arc::new(socket);
+        io_tasks.push(tokio::spawn(udp::read_loop(socket.clone(), local, events_tx.clone())));
+        udp_sockets.push((local, socket));
+        listeners.push(listener(Transport::Udp, local, config));
+    }
+    let tls_acceptor = match &config.tls {
+        Some(tls) if !config.listen.tls.is_empty() => Some(tls::acceptor(tls)?),
+        _ => None,
+    };
+    for (transport, addrs) in [(Transport::Tcp, &config.listen.tcp), (Transport::Tls, &config.listen.tls)] {
+        for &addr in addrs {
+            let socket = TcpListener::bind(addr).await.map_err(|source| RuntimeError::Bind {
+                transport,
+                addr,
+                source,
+            })?;
+            let local = socket.local_addr().map_err(|source| RuntimeError::Bind {
+                transport,
+                addr,
+                source,
+            })?;
+            let acceptor = if transport == Transport::Tls {
+                tls_acceptor.clone()
+            } else {
+                None
+            };
+            io_tasks.push(tokio::spawn(stream::accept_loop(
+                socket,
+                local,
+                transport,
+                acceptor,
+                stream::Shared {
+                    events: events_tx.clone(),
+                    conn_ids: conn_ids.clone(),
+                    limits,
+                    slots: connection_slots.clone(),
+                },
+            )));
+            listeners.push(listener(transport, local, config));
+        }
+    }
+    for l in &listeners {
+        info!(transport = %l.transport, local = %l.local, advertised = %l.advertised, "listening");
+    }
+    info!(pbx = %pbx, transport = %config.pbx.transport, "relaying to the PBX");
+    let proxy_config = ProxyConfig {
+        listeners: listeners.clone(),
+        pbx,
+        pbx_transport: config.pbx.transport,
+        pbx_path: config.pbx.path,
+        allowed_networks: config.phones.allowed_networks.clone(),
+        max_transactions: config.limits.max_transactions,
+        max_bindings: config.limits.max_bindings,
+        max_requests_per_second_per_source: config.limits.max_requests_per_second_per_source,
+        seed: random_seed(),
+    };
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let driver = driver::Driver::new(
+        proxy_config,
+        udp_sockets,
+        events_tx,
+        conn_ids,
+        limits,
+        connection_slots,
+    );
+    let driver = tokio::spawn(driver.run(events_rx, shutdown_rx, config.limits.shutdown_grace));
+    Ok(RuntimeHandle {
+        listeners,
+        shutdown: shutdown_tx,
+        driver,
+        io_tasks,
+    })
+}
+
+/// Runs the proxy until `shutdown` completes, then drains and stops.
+pub async fn run(config: &Config, shutdown: impl Future<Output = ()>) -> Result<(), RuntimeError> {
+    let handle = start(config).await?;
+    shutdown.await;
+    info!("shutting down: finishing open transactions");
+    handle.shutdown().await;
+    Ok(())
+}
+
+/// Completes on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
