@@ -527,11 +527,7 @@ impl Proxy {
                 return;
             }
         };
-        let Ok(forwarded_msg) = Message::parse(forwarded.clone()) else {
-            // the editor only writes what the parser accepts; refuse rather than guess
-            self.respond(flow, &msg, 500, "Server Internal Error", &[]);
-            return;
-        };
+
         let invite = method == Method::Invite;
         let last_response = if invite {
             let trying = ResponseBuilder::new(&msg, 100, "Trying").build();
@@ -551,7 +547,7 @@ impl Proxy {
             response_interval: T1,
             branch: branch.clone().into_bytes().into_boxed_slice(),
             downstream: target.flow,
-            request: Some(forwarded_msg),
+            request: Some(forwarded.clone()),
             client_state: ClientState::Calling,
             retransmit_interval: T1,
             ack: None,
@@ -895,8 +891,8 @@ impl Proxy {
         match txn.client_state {
             ClientState::Proceeding => {
                 txn.cancelled = true;
-                if let Some(req) = &txn.request {
-                    let cancel = cancel_for(req);
+                if let Some(req) = txn.forwarded() {
+                    let cancel = cancel_for(&req);
                     let to = txn.downstream;
                     self.send(to, cancel);
                 }
@@ -949,8 +945,8 @@ impl Proxy {
                     txn.generations[TimerKind::Retransmit.index()] += 1;
                     if txn.cancel_pending && !txn.cancelled {
                         txn.cancelled = true;
-                        if let Some(req) = &txn.request {
-                            let cancel = cancel_for(req);
+                        if let Some(req) = txn.forwarded() {
+                            let cancel = cancel_for(&req);
                             let to = txn.downstream;
                             self.out.push_back(Transmit {
                                 flow: to,
@@ -1001,8 +997,8 @@ impl Proxy {
                 }
                 txn.client_state = ClientState::Completed;
                 if invite {
-                    if let Some(req) = &txn.request {
-                        let ack = ack_for(req, &msg);
+                    if let Some(req) = txn.forwarded() {
+                        let ack = ack_for(&req, &msg);
                         txn.ack = Some(ack.clone());
                         let to = txn.downstream;
                         self.out.push_back(Transmit {
@@ -1184,7 +1180,7 @@ impl Proxy {
                 let Some(request) = txn.request.as_ref().filter(|_| waiting) else {
                     return;
                 };
-                let bytes = request.as_bytes().clone();
+                let bytes = request.clone();
                 let to = txn.downstream;
                 let next = if txn.is_invite() {
                     txn.retransmit_interval * 2
@@ -1209,8 +1205,8 @@ impl Proxy {
                 if ringing && !txn.cancelled {
                     // timer C: cancel the branch; answer 408 if nothing comes back
                     txn.cancelled = true;
-                    if let Some(req) = &txn.request {
-                        let cancel = cancel_for(req);
+                    if let Some(req) = txn.forwarded() {
+                        let cancel = cancel_for(&req);
                         let to = txn.downstream;
                         self.out.push_back(Transmit {
                             flow: to,
@@ -1222,7 +1218,8 @@ impl Proxy {
                 }
                 txn.client_state = ClientState::Terminated;
                 let upstream = txn.upstream;
-                let request = txn.request.take();
+                let request = txn.forwarded();
+                txn.request = None;
                 let proceeding = txn.server_state == ServerState::Proceeding;
                 self.stop_client_timers(id);
                 if proceeding {

@@ -115,8 +115,9 @@ pub struct Txn {
     pub branch: Box<[u8]>,
     /// Where the forwarded request went.
     pub downstream: Flow,
-    /// The forwarded request (for retransmission, CANCEL and ACK); dropped once final.
-    pub request: Option<Message>,
+    /// The forwarded request's bytes (for retransmission; parsed again only to build a
+    /// CANCEL or ACK); dropped once final.
+    pub request: Option<Bytes>,
     /// Client side state.
     pub client_state: ClientState,
     /// Current retransmit interval (timers A/E).
@@ -135,6 +136,11 @@ pub struct Txn {
 }
 
 impl Txn {
+    /// The forwarded request, parsed (to build a CANCEL, an ACK or a 408 from it).
+    pub fn forwarded(&self) -> Option<Message> {
+        self.request.as_ref().and_then(|b| Message::parse(b.clone()).ok())
+    }
+
     /// Whether this is an INVITE transaction.
     pub fn is_invite(&self) -> bool {
         self.method == Method::Invite

@@ -26,6 +26,11 @@ struct Conn {
     writer: mpsc::Sender<Bytes>,
 }
 
+/// Timers are served at most once per tick: deadlines of many transactions that fall
+/// within one tick cost one wake-up instead of one each. RFC 3261 timers are hundreds
+/// of milliseconds; 10 ms of lateness is far inside their tolerance.
+const TIMER_TICK: Duration = Duration::from_millis(10);
+
 /// Messages held for a peer while a connection to it is being opened.
 const PENDING_PER_PEER: usize = 256;
 
@@ -69,9 +74,14 @@ impl Driver {
         grace: Duration,
     ) {
         let mut batch = Vec::with_capacity(64);
+        // the first UDP socket is read right here: no task switch or channel per datagram
+        let primary = self.udp.first().cloned();
+        let mut datagram = vec![0u8; MAX_DATAGRAM];
         let mut drain_until: Option<Instant> = None;
+        let mut last_tick = Instant::now();
         loop {
-            let wake = match (self.proxy.poll_timeout(), drain_until) {
+            let timer = self.proxy.poll_timeout().map(|at| at.max(last_tick + TIMER_TICK));
+            let wake = match (timer, drain_until) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
@@ -86,8 +96,22 @@ impl Driver {
                         self.handle(now, event);
                     }
                 }
+                received = recv_primary(primary.as_ref(), &mut datagram) => {
+                    if let (Ok((n, remote)), Some((local, socket))) = (received, primary.as_ref()) {
+                        let now = Instant::now();
+                        self.datagram(now, *local, remote, &datagram[..n]);
+                        // whatever else is already queued on the socket, without waiting
+                        for _ in 0..64 {
+                            match socket.try_recv_from(&mut datagram) {
+                                Ok((n, remote)) => self.datagram(now, *local, remote, &datagram[..n]),
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                }
                 _ = sleep_until(wake) => {
-                    self.proxy.handle_timeout(Instant::now());
+                    last_tick = Instant::now();
+                    self.proxy.handle_timeout(last_tick);
                 }
                 changed = shutdown.changed(), if drain_until.is_none() => {
                     if changed.is_err() || *shutdown.borrow() {
@@ -105,6 +129,16 @@ impl Driver {
                 }
             }
         }
+    }
+
+    fn datagram(&mut self, now: Instant, local: SocketAddr, remote: SocketAddr, bytes: &[u8]) {
+        let flow = Flow {
+            transport: Transport::Udp,
+            remote,
+            local,
+            conn: None,
+        };
+        self.proxy.handle_datagram(now, flow, Bytes::copy_from_slice(bytes));
     }
 
     fn handle(&mut self, now: Instant, event: Event) {
@@ -225,6 +259,19 @@ impl Driver {
         if first {
             tokio::spawn(stream::connect(flow.transport, flow.remote, self.shared.clone()));
         }
+    }
+}
+
+/// Largest UDP payload.
+const MAX_DATAGRAM: usize = 65_535;
+
+async fn recv_primary(
+    socket: Option<&(SocketAddr, Arc<UdpSocket>)>,
+    buf: &mut [u8],
+) -> std::io::Result<(usize, SocketAddr)> {
+    match socket {
+        Some((_, socket)) => socket.recv_from(buf).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -189,7 +189,10 @@ pub async fn start(config: &Config) -> Result<RuntimeHandle, RuntimeError> {
             source,
         })?;
         let socket = Arc::new(socket);
-        io_tasks.push(tokio::spawn(udp::read_loop(socket.clone(), local, events_tx.clone())));
+        if !udp_sockets.is_empty() {
+            // the driver reads the first socket itself; the others get reader tasks
+            io_tasks.push(tokio::spawn(udp::read_loop(socket.clone(), local, events_tx.clone())));
+        }
         udp_sockets.push((local, socket));
         listeners.push(listener(Transport::Udp, local, config));
     }
