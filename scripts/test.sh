@@ -16,6 +16,27 @@ need_component() {
 need_component fmt rustfmt
 need_component clippy clippy
 
+# Real SIP peers for the end-to-end tests: SIPp (Debian: sip-tester) as phones and
+# PBX, Kamailio as a registrar/PBX behind the proxy.
+need_package() {
+    # $1 = command to look for, $2 = Debian package that provides it
+    if ! command -v "$1" >/dev/null 2>&1; then
+        if [ "$(id -u)" -ne 0 ] && ! command -v sudo >/dev/null 2>&1; then
+            echo "error: $1 is missing; install the Debian package $2" >&2
+            exit 1
+        fi
+        local SUDO=""
+        [ "$(id -u)" -ne 0 ] && SUDO=sudo
+        if [ -z "${APT_UPDATED:-}" ]; then
+            $SUDO apt-get update -qq
+            APT_UPDATED=1
+        fi
+        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "$2" >/dev/null
+    fi
+}
+need_package sipp sip-tester
+need_package kamailio kamailio
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy --all-targets -- -D warnings"
