@@ -94,7 +94,10 @@ fn run(path: &std::path::Path) -> ExitCode {
     }
     // one thread: the proxy core is single-threaded by design, and a second worker
     // would only add cross-thread wake-ups on the per-message path
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("cannot start the async runtime: {err}");

@@ -4,7 +4,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt::Write as _;
-use std::hash::{DefaultHasher, Hash, Hasher};
+use std::hash::{BuildHasherDefault, DefaultHasher, Hash, Hasher};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -112,9 +112,8 @@ pub struct Stats {
 #[derive(Debug)]
 pub struct Proxy {
     config: ProxyConfig,
-    txns: HashMap<u64, Txn>,
+    txns: HashMap<u64, Txn, BuildHasherDefault<IdHasher>>,
     by_server_key: HashMap<ServerKey, u64>,
-    by_branch: HashMap<Box<[u8]>, u64>,
     timers: TimerQueue,
     aliases: AliasTable,
     limiter: RateLimiter,
@@ -154,9 +153,8 @@ impl Proxy {
         let limiter = RateLimiter::new(config.max_requests_per_second_per_source);
         Self {
             config,
-            txns: HashMap::new(),
+            txns: HashMap::default(),
             by_server_key: HashMap::new(),
-            by_branch: HashMap::new(),
             timers: TimerQueue::default(),
             aliases,
             limiter,
@@ -308,16 +306,38 @@ impl Proxy {
         let mut h = DefaultHasher::new();
         self.config.seed.hash(&mut h);
         request.header(HeaderName::CallId).hash(&mut h);
-        request.from().and_then(Result::ok).and_then(|f| f.tag()).hash(&mut h);
-        request.cseq().and_then(Result::ok).map(|c| c.seq()).hash(&mut h);
+        request
+            .from()
+            .and_then(Result::ok)
+            .and_then(|f| f.tag())
+            .hash(&mut h);
+        request
+            .cseq()
+            .and_then(Result::ok)
+            .map(|c| c.seq())
+            .hash(&mut h);
         format!("pp{:012x}", h.finish() & 0xffff_ffff_ffff)
     }
 
+    /// Our branch for transaction `id`: a reversible scramble of the id under the
+    /// seed, so a response finds its transaction without a second table, and branches
+    /// are unique per proxy run without being a visible counter.
     fn new_branch(&mut self, id: u64) -> String {
-        let mut h = DefaultHasher::new();
-        self.config.seed.hash(&mut h);
-        id.hash(&mut h);
-        format!("{BRANCH_PREFIX}{:016x}", h.finish())
+        format!("{BRANCH_PREFIX}{:016x}", scramble(id, self.config.seed))
+    }
+
+    /// The transaction a branch of ours names, if it is one.
+    fn txn_of_branch(&self, branch: &[u8]) -> Option<u64> {
+        let hex = branch.strip_prefix(BRANCH_PREFIX.as_bytes())?;
+        if hex.len() != 16 {
+            return None;
+        }
+        let value = u64::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?;
+        let id = unscramble(value, self.config.seed);
+        self.txns
+            .get(&id)
+            .filter(|t| *t.branch == *branch)
+            .map(|_| id)
     }
 
     /// The branch for a request forwarded without a transaction (a 2xx ACK): derived
@@ -338,7 +358,8 @@ impl Proxy {
     /// the phone networks (on loopback, phones and PBX share an IP).
     fn is_pbx(&self, flow: &Flow) -> bool {
         flow.remote == self.config.pbx
-            || (flow.remote.ip() == self.config.pbx.ip() && !self.is_allowed_phone(flow.remote.ip()))
+            || (flow.remote.ip() == self.config.pbx.ip()
+                && !self.is_allowed_phone(flow.remote.ip()))
     }
 
     fn is_allowed_phone(&self, ip: IpAddr) -> bool {
@@ -481,7 +502,13 @@ impl Proxy {
             return;
         }
         if self.draining {
-            self.respond(flow, &msg, 503, "Service Unavailable - Shutting Down", &[("Retry-After", b"5")]);
+            self.respond(
+                flow,
+                &msg,
+                503,
+                "Service Unavailable - Shutting Down",
+                &[("Retry-After", b"5")],
+            );
             return;
         }
         if self.txns.len() >= self.config.max_transactions {
@@ -557,7 +584,6 @@ impl Proxy {
             created: now,
         };
         self.by_server_key.insert(key, id);
-        self.by_branch.insert(txn.branch.clone(), id);
         let downstream = txn.downstream;
         self.txns.insert(id, txn);
         if downstream.transport == Transport::Udp {
@@ -921,7 +947,7 @@ impl Proxy {
             call_id = %lossy(msg.header(HeaderName::CallId).unwrap_or_default()),
             "response"
         );
-        let Some(&id) = self.by_branch.get(branch) else {
+        let Some(id) = self.txn_of_branch(branch) else {
             // no transaction (e.g. a retransmitted 2xx after it ended): stateless (§16.7)
             self.forward_response_statelessly(flow, &msg);
             return;
@@ -1260,7 +1286,6 @@ impl Proxy {
     fn remove(&mut self, id: u64) {
         if let Some(txn) = self.txns.remove(&id) {
             self.by_server_key.remove(&txn.server_key);
-            self.by_branch.remove(&txn.branch);
         }
     }
 }
@@ -1276,4 +1301,59 @@ fn timeout_response(forwarded: &Message, tag: &str) -> Option<Bytes> {
             .to_tag(tag)
             .build(),
     )
+}
+
+/// An odd multiplier (2^64 / golden ratio) and its inverse modulo 2^64.
+const SCRAMBLE: u64 = 0x9E37_79B9_7F4A_7C15;
+const UNSCRAMBLE: u64 = {
+    // Newton's iteration for the inverse of an odd number modulo 2^64
+    let mut x = SCRAMBLE;
+    let mut i = 0;
+    while i < 6 {
+        x = x.wrapping_mul(2u64.wrapping_sub(SCRAMBLE.wrapping_mul(x)));
+        i += 1;
+    }
+    x
+};
+
+fn scramble(id: u64, seed: u64) -> u64 {
+    (id ^ seed).wrapping_mul(SCRAMBLE)
+}
+
+fn unscramble(value: u64, seed: u64) -> u64 {
+    value.wrapping_mul(UNSCRAMBLE) ^ seed
+}
+
+/// Hasher for the transaction table, whose keys are this proxy's own sequential ids
+/// (not attacker-chosen): a multiply spreads them, no SipHash needed.
+#[derive(Debug, Default, Clone, Copy)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(SCRAMBLE);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n.wrapping_mul(SCRAMBLE);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn branches_unscramble_to_their_transaction() {
+        assert_eq!(SCRAMBLE.wrapping_mul(UNSCRAMBLE), 1);
+        for seed in [0, 7, u64::MAX] {
+            for id in [0, 1, 2, 12345, u64::MAX] {
+                assert_eq!(unscramble(scramble(id, seed), seed), id);
+            }
+        }
+    }
 }

@@ -138,7 +138,9 @@ pub struct Txn {
 impl Txn {
     /// The forwarded request, parsed (to build a CANCEL, an ACK or a 408 from it).
     pub fn forwarded(&self) -> Option<Message> {
-        self.request.as_ref().and_then(|b| Message::parse(b.clone()).ok())
+        self.request
+            .as_ref()
+            .and_then(|b| Message::parse(b.clone()).ok())
     }
 
     /// Whether this is an INVITE transaction.

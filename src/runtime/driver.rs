@@ -80,7 +80,10 @@ impl Driver {
         let mut drain_until: Option<Instant> = None;
         let mut last_tick = Instant::now();
         loop {
-            let timer = self.proxy.poll_timeout().map(|at| at.max(last_tick + TIMER_TICK));
+            let timer = self
+                .proxy
+                .poll_timeout()
+                .map(|at| at.max(last_tick + TIMER_TICK));
             let wake = match (timer, drain_until) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
@@ -124,7 +127,10 @@ impl Driver {
             self.flush();
             if let Some(until) = drain_until {
                 if self.proxy.pending_transaction_count() == 0 || Instant::now() >= until {
-                    info!(unfinished = self.proxy.pending_transaction_count(), "stopped");
+                    info!(
+                        unfinished = self.proxy.pending_transaction_count(),
+                        "stopped"
+                    );
                     return;
                 }
             }
@@ -138,12 +144,17 @@ impl Driver {
             local,
             conn: None,
         };
-        self.proxy.handle_datagram(now, flow, Bytes::copy_from_slice(bytes));
+        self.proxy
+            .handle_datagram(now, flow, Bytes::copy_from_slice(bytes));
     }
 
     fn handle(&mut self, now: Instant, event: Event) {
         match event {
-            Event::Datagram { local, remote, bytes } => {
+            Event::Datagram {
+                local,
+                remote,
+                bytes,
+            } => {
                 let flow = Flow {
                     transport: Transport::Udp,
                     remote,
@@ -153,7 +164,9 @@ impl Driver {
                 self.proxy.handle_datagram(now, flow, bytes);
             }
             Event::Message { conn, msg } => {
-                let Some(c) = self.conns.get(&conn) else { return };
+                let Some(c) = self.conns.get(&conn) else {
+                    return;
+                };
                 let flow = Flow {
                     transport: c.transport,
                     remote: c.remote,
@@ -217,7 +230,11 @@ impl Driver {
             .udp
             .iter()
             .find(|(local, _)| *local == flow.local)
-            .or_else(|| self.udp.iter().find(|(local, _)| local.is_ipv4() == flow.remote.is_ipv4()))
+            .or_else(|| {
+                self.udp
+                    .iter()
+                    .find(|(local, _)| local.is_ipv4() == flow.remote.is_ipv4())
+            })
             .map(|(_, s)| s.clone());
         let Some(socket) = socket else {
             debug!(remote = %flow.remote, "no UDP socket for this address family");
@@ -257,7 +274,11 @@ impl Driver {
             queue.push(bytes);
         }
         if first {
-            tokio::spawn(stream::connect(flow.transport, flow.remote, self.shared.clone()));
+            tokio::spawn(stream::connect(
+                flow.transport,
+                flow.remote,
+                self.shared.clone(),
+            ));
         }
     }
 }

@@ -134,16 +134,21 @@ fn random_seed() -> u64 {
 
 async fn resolve_pbx(config: &Config) -> Result<SocketAddr, RuntimeError> {
     let port = config.pbx.port_or_default();
-    let host = config.pbx.host.trim_start_matches('[').trim_end_matches(']');
+    let host = config
+        .pbx
+        .host
+        .trim_start_matches('[')
+        .trim_end_matches(']');
     if let Ok(ip) = host.parse() {
         return Ok(SocketAddr::new(ip, port));
     }
-    let mut addrs = tokio::net::lookup_host((host, port))
-        .await
-        .map_err(|e| RuntimeError::Resolve {
-            host: config.pbx.host.clone(),
-            reason: e.to_string(),
-        })?;
+    let mut addrs =
+        tokio::net::lookup_host((host, port))
+            .await
+            .map_err(|e| RuntimeError::Resolve {
+                host: config.pbx.host.clone(),
+                reason: e.to_string(),
+            })?;
     addrs.next().ok_or_else(|| RuntimeError::Resolve {
         host: config.pbx.host.clone(),
         reason: "no address".into(),
@@ -173,16 +178,20 @@ pub async fn start(config: &Config) -> Result<RuntimeHandle, RuntimeError> {
         max_message_size: config.limits.max_message_size,
         ..Limits::default()
     };
-    let connection_slots = Arc::new(tokio::sync::Semaphore::new(config.limits.max_tcp_connections));
+    let connection_slots = Arc::new(tokio::sync::Semaphore::new(
+        config.limits.max_tcp_connections,
+    ));
     let mut listeners = Vec::new();
     let mut udp_sockets = Vec::new();
     let mut io_tasks = Vec::new();
     for &addr in &config.listen.udp {
-        let socket = UdpSocket::bind(addr).await.map_err(|source| RuntimeError::Bind {
-            transport: Transport::Udp,
-            addr,
-            source,
-        })?;
+        let socket = UdpSocket::bind(addr)
+            .await
+            .map_err(|source| RuntimeError::Bind {
+                transport: Transport::Udp,
+                addr,
+                source,
+            })?;
         let local = socket.local_addr().map_err(|source| RuntimeError::Bind {
             transport: Transport::Udp,
             addr,
@@ -191,7 +200,11 @@ pub async fn start(config: &Config) -> Result<RuntimeHandle, RuntimeError> {
         let socket = Arc::new(socket);
         if !udp_sockets.is_empty() {
             // the driver reads the first socket itself; the others get reader tasks
-            io_tasks.push(tokio::spawn(udp::read_loop(socket.clone(), local, events_tx.clone())));
+            io_tasks.push(tokio::spawn(udp::read_loop(
+                socket.clone(),
+                local,
+                events_tx.clone(),
+            )));
         }
         udp_sockets.push((local, socket));
         listeners.push(listener(Transport::Udp, local, config));
@@ -200,13 +213,18 @@ pub async fn start(config: &Config) -> Result<RuntimeHandle, RuntimeError> {
         Some(tls) if !config.listen.tls.is_empty() => Some(tls::acceptor(tls)?),
         _ => None,
     };
-    for (transport, addrs) in [(Transport::Tcp, &config.listen.tcp), (Transport::Tls, &config.listen.tls)] {
+    for (transport, addrs) in [
+        (Transport::Tcp, &config.listen.tcp),
+        (Transport::Tls, &config.listen.tls),
+    ] {
         for &addr in addrs {
-            let socket = TcpListener::bind(addr).await.map_err(|source| RuntimeError::Bind {
-                transport,
-                addr,
-                source,
-            })?;
+            let socket = TcpListener::bind(addr)
+                .await
+                .map_err(|source| RuntimeError::Bind {
+                    transport,
+                    addr,
+                    source,
+                })?;
             let local = socket.local_addr().map_err(|source| RuntimeError::Bind {
                 transport,
                 addr,

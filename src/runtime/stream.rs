@@ -81,7 +81,10 @@ pub(super) async fn accept_loop(
 /// start-up until supported).
 pub(super) async fn connect(transport: Transport, remote: SocketAddr, shared: Shared) {
     let Ok(permit) = shared.slots.clone().try_acquire_owned() else {
-        let _ = shared.events.send(Event::ConnectFailed { transport, remote }).await;
+        let _ = shared
+            .events
+            .send(Event::ConnectFailed { transport, remote })
+            .await;
         return;
     };
     match tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(remote)).await {
@@ -92,7 +95,10 @@ pub(super) async fn connect(transport: Transport, remote: SocketAddr, shared: Sh
         }
         _ => {
             debug!(remote = %remote, "connect failed");
-            let _ = shared.events.send(Event::ConnectFailed { transport, remote }).await;
+            let _ = shared
+                .events
+                .send(Event::ConnectFailed { transport, remote })
+                .await;
         }
     }
 }

@@ -13,13 +13,25 @@ use super::Event;
 /// Largest UDP payload.
 const MAX_DATAGRAM: usize = 65_535;
 
-pub(super) async fn read_loop(socket: Arc<UdpSocket>, local: SocketAddr, events: mpsc::Sender<Event>) {
+pub(super) async fn read_loop(
+    socket: Arc<UdpSocket>,
+    local: SocketAddr,
+    events: mpsc::Sender<Event>,
+) {
     let mut buf = vec![0u8; MAX_DATAGRAM];
     loop {
         match socket.recv_from(&mut buf).await {
             Ok((n, remote)) => {
                 let bytes = Bytes::copy_from_slice(&buf[..n]);
-                if events.send(Event::Datagram { local, remote, bytes }).await.is_err() {
+                if events
+                    .send(Event::Datagram {
+                        local,
+                        remote,
+                        bytes,
+                    })
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             }
