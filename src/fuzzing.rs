@@ -35,8 +35,9 @@ use crate::sip::{HeaderName, Limits, Message, Method, Params, ParseError, Scheme
 /// - the message is the input less leading line ends (and less bytes past the body
 ///   Content-Length announces);
 /// - the header index is sound: header lines follow the start line and each other
-///   without gaps, every name and value span lies inside its line, names are recognised
-///   as written, values carry no surrounding white space, `is_folded` matches the line;
+///   without gaps, every name and value span lies inside its line (and never at the
+///   start of a folded line), names are recognised as written, values carry no
+///   surrounding white space, `is_folded` matches the line;
 /// - the body is everything after the header section, and as long as Content-Length
 ///   says when that header is present;
 /// - every typed accessor (and every element of every list accessor) either fails
@@ -111,6 +112,13 @@ fn check_index(msg: &Message) {
                 && value.start() <= value.end()
                 && value.end() <= line.end(),
             "value span outside its line: {field:?}"
+        );
+        // a value (even an empty one) never starts a line: an edit that replaces it
+        // would turn a fold into a header line of its own
+        assert_ne!(
+            buf[value.start() - 1],
+            b'\n',
+            "value span at the start of a line: {field:?}"
         );
         assert_eq!(
             HeaderName::from_bytes(msg.field_name(field)),

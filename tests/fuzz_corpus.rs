@@ -1,11 +1,12 @@
 //! Replays the named seeds of every fuzz target's corpus (`fuzz/corpus/<target>/`)
 //! through the same checks the fuzz targets run (`presence_proxy::fuzzing`), on stable
 //! Rust: CI without nightly still runs every target's seeds and every regression seed
-//! (`crash-*-regression`) a fuzzing run has found.
+//! (`regression-crash-*`) a fuzzing run has found.
 //!
 //! Files whose name starts with a hex digit are libFuzzer's own hash-named finds; they
 //! are not committed (see `.gitignore`) and are skipped here so a local fuzzing run does
-//! not change what this test checks.
+//! not change what this test checks. That is why a named seed must not start with a hex
+//! digit (not even `crash-`: `c` is one).
 
 #![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)] // test helpers assert
 
@@ -17,18 +18,14 @@ use presence_proxy::fuzzing;
 /// Regression seeds of bugs not fixed yet, as `(target, file name)`. Each must still
 /// fail its check: once the fix lands the test fails until its entry is removed here,
 /// which turns the seed into an ordinary regression test.
-const KNOWN_OPEN: &[(&str, &str)] = &[
-    // validate() accepts `Via:` with an empty value as the message's only Via
-    ("datagram", "crash-validate-accepts-empty-via-regression"),
-    // a tel URI accepts a parameter without a name (`tel:2;=`)
-    ("uri", "crash-tel-param-without-name-regression"),
-    // a header line inserted after a line with no line end (the start line or the
-    // last header of a datagram) is glued onto it
-    (
-        "edit_round_trip",
-        "crash-edit-header-after-unterminated-line-regression",
-    ),
-];
+const KNOWN_OPEN: &[(&str, &str)] = &[];
+
+/// Whether a corpus file is a named seed (not one of libFuzzer's hash-named finds).
+fn is_named_seed(name: &str) -> bool {
+    name.chars()
+        .next()
+        .is_some_and(|c| !matches!(c, '0'..='9' | 'a'..='f'))
+}
 
 /// The named seeds of one target, sorted.
 fn seeds(target: &str) -> Vec<PathBuf> {
@@ -41,8 +38,7 @@ fn seeds(target: &str) -> Vec<PathBuf> {
         .filter(|path| {
             path.file_name()
                 .and_then(|n| n.to_str())
-                .and_then(|n| n.chars().next())
-                .is_some_and(|c| !matches!(c, '0'..='9' | 'a'..='f'))
+                .is_some_and(is_named_seed)
         })
         .collect();
     files.sort();
@@ -99,12 +95,16 @@ fn edit_round_trip_corpus() {
 }
 
 #[test]
-fn every_known_open_seed_exists() {
+fn every_known_open_seed_exists_and_is_replayed() {
     for (target, name) in KNOWN_OPEN {
         let path = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("fuzz/corpus")
             .join(target)
             .join(name);
         assert!(path.is_file(), "{} is listed but missing", path.display());
+        assert!(
+            is_named_seed(name),
+            "{name} starts with a hex digit: git ignores it and replay skips it"
+        );
     }
 }

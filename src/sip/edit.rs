@@ -89,11 +89,25 @@ impl<'m> Editor<'m> {
         line
     }
 
+    /// Inserts a whole header line at `at`, a line start; at the end of a datagram whose
+    /// last line has no line end, a CRLF goes first so the new line is not glued on.
+    fn insert_line(&mut self, at: usize, line: Vec<u8>) -> Result<(), EditError> {
+        let buf = self.msg.as_bytes();
+        let line = if at > 0 && buf.get(at - 1) != Some(&b'\n') {
+            let mut terminated = b"\r\n".to_vec();
+            terminated.extend_from_slice(&line);
+            terminated
+        } else {
+            line
+        };
+        self.add(at, at, line)
+    }
+
     /// Inserts a header line at the top of the header section.
     pub fn insert_header(&mut self, name: &str, value: &[u8]) -> &mut Self {
         let at = self.top_of_headers();
         // insertions never overlap a replacement: the start line end is not replaced
-        let _ = self.add(at, at, Self::line(name, value));
+        let _ = self.insert_line(at, Self::line(name, value));
         self
     }
 
@@ -194,7 +208,7 @@ impl<'m> Editor<'m> {
             .fields_named(HeaderName::RecordRoute)
             .next()
             .map_or_else(|| self.top_of_headers(), |f| f.line_span().start());
-        let _ = self.add(at, at, Self::line("Record-Route", value));
+        let _ = self.insert_line(at, Self::line("Record-Route", value));
         self
     }
 
@@ -205,7 +219,7 @@ impl<'m> Editor<'m> {
             .fields_named(HeaderName::Path)
             .next()
             .map_or_else(|| self.top_of_headers(), |f| f.line_span().start());
-        let _ = self.add(at, at, Self::line("Path", value));
+        let _ = self.insert_line(at, Self::line("Path", value));
         self
     }
 
@@ -311,11 +325,7 @@ impl<'m> Editor<'m> {
                 let span = f.value_span();
                 self.add(span.start(), span.end(), length)?;
             }
-            None => self.add(
-                end_of_headers,
-                end_of_headers,
-                Self::line("Content-Length", &length),
-            )?,
+            None => self.insert_line(end_of_headers, Self::line("Content-Length", &length))?,
         }
         if let Some(ct) = content_type {
             match msg.fields_named(HeaderName::ContentType).next() {
@@ -323,11 +333,7 @@ impl<'m> Editor<'m> {
                     let span = f.value_span();
                     self.add(span.start(), span.end(), ct.to_vec())?;
                 }
-                None => self.add(
-                    end_of_headers,
-                    end_of_headers,
-                    Self::line("Content-Type", ct),
-                )?,
+                None => self.insert_line(end_of_headers, Self::line("Content-Type", ct))?,
             }
         }
         self.body = Some(body.to_vec());

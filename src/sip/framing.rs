@@ -87,9 +87,10 @@ impl StreamFramer {
                     self.advance(4);
                     return Ok(Some(Frame::Ping));
                 }
-                match self.buf.get(2) {
-                    None | Some(b'\r') => return Ok(None),
-                    Some(_) => {
+                // CRLF CR could still become a ping; anything else after CRLF makes it a pong
+                match (self.buf.get(2), self.buf.get(3)) {
+                    (None, _) | (Some(b'\r'), None) => return Ok(None),
+                    _ => {
                         self.advance(2);
                         return Ok(Some(Frame::Pong));
                     }
@@ -110,6 +111,10 @@ impl StreamFramer {
                 }
                 return Ok(None);
             };
+            if head_len > self.limits.max_message_size {
+                // the same verdict whether the head arrived in one read or trickled in
+                return Err(self.error(ParseErrorKind::TooLarge, self.limits.max_message_size, None));
+            }
             let head = parse_head(&self.buf[..head_len], &self.limits, false)
                 .map_err(|e| self.error(e.kind, e.offset, e.header))?;
             let Some(body_len) = head.content_length else {
@@ -119,7 +124,7 @@ impl StreamFramer {
                     Some(HeaderName::ContentLength),
                 ));
             };
-            let total = head_len + body_len;
+            let total = head_len.checked_add(body_len).unwrap_or(usize::MAX);
             if total > self.limits.max_message_size {
                 return Err(self.error(
                     ParseErrorKind::TooLarge,

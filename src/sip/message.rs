@@ -406,17 +406,17 @@ pub(crate) fn parse_head(buf: &[u8], limits: &Limits, datagram: bool) -> Result<
                 return Err(ParseError::new(ParseErrorKind::BadHeaderLine, pos));
             };
             let content_end = trim_end(buf, pos, line_end);
-            if field.value.is_empty() {
-                let mut s = pos;
-                while s < content_end && matches!(buf[s], b' ' | b'\t') {
-                    s += 1;
-                }
-                field.value = Span::new(s, content_end.max(s));
-            } else if content_end > pos {
-                let only_ws = buf[pos..content_end]
-                    .iter()
-                    .all(|&c| c == b' ' || c == b'\t');
-                if !only_ws {
+            // a continuation holding only white space changes nothing but the line's end
+            let has_content = buf[pos..content_end].iter().any(|&c| c != b' ' && c != b'\t');
+            if has_content {
+                if field.value.is_empty() {
+                    let s = pos
+                        + buf[pos..content_end]
+                            .iter()
+                            .position(|&c| c != b' ' && c != b'\t')
+                            .unwrap_or(0);
+                    field.value = Span::new(s, content_end);
+                } else {
                     field.value.end = content_end as u32;
                 }
             }
@@ -906,6 +906,13 @@ impl Message {
                 seen[i] = true;
             }
             let span = field.value;
+            let must_hold_a_value = matches!(
+                name,
+                HeaderName::Via | HeaderName::Contact | HeaderName::Route | HeaderName::RecordRoute
+            );
+            if must_hold_a_value && ListIter::new(self.slice(span)).next().is_none() {
+                return Err(ParseError::in_header(ParseErrorKind::BadHeaderValue, span.start(), name));
+            }
             let checked: Result<(), ParseError> = match name {
                 HeaderName::Via => ListIter::new(self.slice(span))
                     .try_for_each(|r| self.check_sub(name, span, r, Via::parse)),

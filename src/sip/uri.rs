@@ -238,12 +238,22 @@ impl<'a> Uri<'a> {
                 return Err(base + end + pos);
             }
             pos += 1;
-            let start = pos;
-            while pos < params.len() && (is_uri_param_char(params[pos]) || params[pos] == b'=') {
+            let name_start = pos;
+            while pos < params.len() && is_uri_param_char(params[pos]) {
                 pos += 1;
             }
-            if pos == start {
+            if pos == name_start {
                 return Err(base + end + pos);
+            }
+            if params.get(pos) == Some(&b'=') {
+                pos += 1;
+                let value_start = pos;
+                while pos < params.len() && is_uri_param_char(params[pos]) {
+                    pos += 1;
+                }
+                if pos == value_start {
+                    return Err(base + end + pos);
+                }
             }
         }
         self.user = Some(number);
