@@ -695,3 +695,30 @@ fn draining_refuses_new_requests_but_finishes_open_ones() {
     assert_eq!(status(&only_to(&net.from(PBX, &answer(&fwd, 200, "OK", Some("t"), "")), PHONE)), 200);
     assert_eq!(net.proxy.pending_transaction_count(), 0, "nothing left to wait for");
 }
+
+#[test]
+fn a_phone_registered_over_tcp_gets_an_alias_the_udp_pbx_can_reach() {
+    let mut net = Net::new();
+    let flow = Flow { transport: Transport::Tcp, remote: addr(PHONE), local: addr(PROXY), conn: Some(9) };
+    let out = net.from_flow(flow, &register(3600, "z9hG4bK-tr").replace("SIP/2.0/UDP 192.168.1.5", "SIP/2.0/TCP 192.168.1.5"));
+    let fwd = only_to(&out, PBX);
+    let contact = fwd.contacts().next().unwrap().unwrap();
+    let uri = contact.address().unwrap().uri();
+    assert_eq!(uri.params().value("transport"), None, "the alias faces the PBX, which is on UDP");
+    let alias_uri = String::from_utf8_lossy(uri.as_bytes()).into_owned();
+    net.from(PBX, &register_ok(&fwd, 3600));
+    let call = format!(
+        "INVITE {alias_uri} SIP/2.0
+Via: SIP/2.0/UDP 10.0.0.100:5070;branch=z9hG4bK-tcpin
+From: <sip:+4930999@pbx.example.com>;tag=p1
+To: <sip:201@pbx.example.com>
+Call-ID: in-tcp
+CSeq: 1 INVITE
+Content-Length: 0
+
+"
+    );
+    let out = net.from(PBX, &call);
+    let sent = out.iter().find(|t| t.flow.remote == addr(PHONE)).expect("to the phone");
+    assert_eq!((sent.flow.transport, sent.flow.conn), (Transport::Tcp, Some(9)), "over the phone's own connection");
+}

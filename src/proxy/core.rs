@@ -782,7 +782,7 @@ impl Proxy {
                 path.push_str(";lr>");
                 edit.prepend_path(path.as_bytes());
             } else {
-                self.alias_register_contacts(now, flow, msg, &mut edit, in_listener)?;
+                self.alias_register_contacts(now, flow, msg, &mut edit, out_listener)?;
             }
         }
         let via = format!(
