@@ -11,15 +11,24 @@ fn inspect(files: &[&str]) -> (bool, String) {
         .args(files.iter().map(|f| format!("{dir}{f}")))
         .output()
         .expect("binary runs");
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
 }
 
 #[test]
 fn a_valid_message_prints_its_typed_headers_and_ok() {
     let (ok, text) = inspect(&["rfc4475/wsinv.dat"]);
     assert!(ok, "{text}");
-    assert!(text.contains("request: INVITE sip:vivekg@chair-dnrc.example.com;unknownparam"), "{text}");
-    assert!(text.contains("Via: transport=TCP host=spindle.example.com"), "{text}");
+    assert!(
+        text.contains("request: INVITE sip:vivekg@chair-dnrc.example.com;unknownparam"),
+        "{text}"
+    );
+    assert!(
+        text.contains("Via: transport=TCP host=spindle.example.com"),
+        "{text}"
+    );
     assert!(text.contains("tag=98asjd8"), "{text}");
     assert!(text.contains("CSeq: 9 INVITE"), "{text}");
     assert!(text.trim_end().ends_with("ok"), "{text}");
@@ -32,9 +41,15 @@ fn an_invalid_message_prints_kind_offset_header_and_status_and_exits_1() {
     assert!(text.contains("error: bad_version at byte 33"), "{text}");
     assert!(text.contains("505"), "{text}");
     let (_, text) = inspect(&["rfc4475/scalar02.dat"]);
-    assert!(text.contains("error: bad_header_value at byte 174 in header CSeq"), "{text}");
+    assert!(
+        text.contains("error: bad_header_value at byte 174 in header CSeq"),
+        "{text}"
+    );
     let (_, text) = inspect(&["rfc4475/bigcode.dat"]);
-    assert!(text.contains("dropped"), "an invalid response is dropped, not answered: {text}");
+    assert!(
+        text.contains("dropped"),
+        "an invalid response is dropped, not answered: {text}"
+    );
 }
 
 #[test]

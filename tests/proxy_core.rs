@@ -24,8 +24,16 @@ fn addr(s: &str) -> SocketAddr {
 fn config() -> ProxyConfig {
     ProxyConfig {
         listeners: vec![
-            Listener { transport: Transport::Udp, local: addr(PROXY), advertised: addr(PROXY) },
-            Listener { transport: Transport::Tcp, local: addr(PROXY), advertised: addr(PROXY) },
+            Listener {
+                transport: Transport::Udp,
+                local: addr(PROXY),
+                advertised: addr(PROXY),
+            },
+            Listener {
+                transport: Transport::Tcp,
+                local: addr(PROXY),
+                advertised: addr(PROXY),
+            },
         ],
         pbx: addr(PBX),
         pbx_transport: Transport::Udp,
@@ -50,19 +58,28 @@ impl Net {
     }
 
     fn with(config: ProxyConfig) -> Self {
-        Self { proxy: Proxy::new(config), now: Instant::now() }
+        Self {
+            proxy: Proxy::new(config),
+            now: Instant::now(),
+        }
     }
 
     fn udp(remote: &str) -> Flow {
-        Flow { transport: Transport::Udp, remote: addr(remote), local: addr(PROXY), conn: None }
+        Flow {
+            transport: Transport::Udp,
+            remote: addr(remote),
+            local: addr(PROXY),
+            conn: None,
+        }
     }
 
-    fn from(&mut self, remote: &str, text: &str) -> Vec<Transmit> {
-        self.from_flow(Self::udp(remote), text)
+    fn receive(&mut self, remote: &str, text: &str) -> Vec<Transmit> {
+        self.receive_on(Self::udp(remote), text)
     }
 
-    fn from_flow(&mut self, flow: Flow, text: &str) -> Vec<Transmit> {
-        self.proxy.handle_datagram(self.now, flow, Bytes::from(text.replace('\n', "\r\n")));
+    fn receive_on(&mut self, flow: Flow, text: &str) -> Vec<Transmit> {
+        self.proxy
+            .handle_datagram(self.now, flow, Bytes::from(text.replace('\n', "\r\n")));
         self.drain()
     }
 
@@ -85,16 +102,24 @@ impl Net {
 }
 
 fn parse(t: &Transmit) -> Message {
-    Message::parse(t.bytes.clone()).unwrap_or_else(|e| panic!("proxy sent an unparseable message: {e}"))
+    Message::parse(t.bytes.clone())
+        .unwrap_or_else(|e| panic!("proxy sent an unparseable message: {e}"))
 }
 
 fn to<'a>(out: &'a [Transmit], remote: &str) -> Vec<&'a Transmit> {
-    out.iter().filter(|t| t.flow.remote == addr(remote)).collect()
+    out.iter()
+        .filter(|t| t.flow.remote == addr(remote))
+        .collect()
 }
 
 fn only_to(out: &[Transmit], remote: &str) -> Message {
     let sent = to(out, remote);
-    assert_eq!(sent.len(), 1, "expected one message to {remote}, got {}: {out:#?}", sent.len());
+    assert_eq!(
+        sent.len(),
+        1,
+        "expected one message to {remote}, got {}: {out:#?}",
+        sent.len()
+    );
     parse(sent[0])
 }
 
@@ -103,7 +128,9 @@ fn status(m: &Message) -> u16 {
 }
 
 fn values(msg: &Message, name: HeaderName) -> Vec<String> {
-    msg.values(name).map(|(_, s)| String::from_utf8_lossy(msg.slice(s)).into_owned()).collect()
+    msg.values(name)
+        .map(|(_, s)| String::from_utf8_lossy(msg.slice(s)).into_owned())
+        .collect()
 }
 
 fn invite(call: &str, branch: &str) -> String {
@@ -148,7 +175,7 @@ fn answer(req: &Message, code: u16, reason: &str, to_tag: Option<&str>, extra: &
 #[test]
 fn an_invite_is_answered_100_and_forwarded_with_via_rport_record_route_and_max_forwards() {
     let mut net = Net::new();
-    let out = net.from(PHONE, &invite("c1", "z9hG4bK-a"));
+    let out = net.receive(PHONE, &invite("c1", "z9hG4bK-a"));
     let trying = only_to(&out, PHONE);
     assert_eq!(status(&trying), 100);
     let fwd = only_to(&out, PBX);
@@ -157,33 +184,61 @@ fn an_invite_is_answered_100_and_forwarded_with_via_rport_record_route_and_max_f
     assert_eq!(vias[0].host(), b"10.0.0.1");
     assert_eq!(vias[0].port(), Some(5060));
     assert!(vias[0].branch().unwrap().starts_with(b"z9hG4bK"));
-    assert_eq!(vias[1].received(), Some(&b"10.1.0.5"[..]), "NAT: where it really came from");
+    assert_eq!(
+        vias[1].received(),
+        Some(&b"10.1.0.5"[..]),
+        "NAT: where it really came from"
+    );
     assert_eq!(vias[1].rport(), Some(Some(5062)));
     assert_eq!(fwd.max_forwards().unwrap().unwrap(), 69);
     let rr: Vec<_> = fwd.record_routes().map(|r| r.unwrap()).collect();
     assert_eq!(rr.len(), 1, "same socket both ways: one Record-Route");
     assert_eq!(rr[0].uri().host(), b"10.0.0.1");
     assert!(rr[0].uri().params().contains("lr"));
-    assert_eq!(rr[0].uri().user().map(<[u8]>::len), Some(16), "flow token in the user part");
-    assert_eq!(fwd.request_uri_bytes(), Some(&b"sip:+4930123456@pbx.example.com"[..]));
+    assert_eq!(
+        rr[0].uri().user().map(<[u8]>::len),
+        Some(16),
+        "flow token in the user part"
+    );
+    assert_eq!(
+        fwd.request_uri_bytes(),
+        Some(&b"sip:+4930123456@pbx.example.com"[..])
+    );
     assert_eq!(fwd.body(), b"");
 }
 
 #[test]
 fn provisional_and_final_responses_are_relayed_with_our_via_popped_and_100_absorbed() {
     let mut net = Net::new();
-    let out = net.from(PHONE, &invite("c2", "z9hG4bK-b"));
+    let out = net.receive(PHONE, &invite("c2", "z9hG4bK-b"));
     let fwd = only_to(&out, PBX);
-    assert!(net.from(PBX, &answer(&fwd, 100, "Trying", None, "")).is_empty(), "100 is hop by hop");
-    let ringing = only_to(&net.from(PBX, &answer(&fwd, 180, "Ringing", Some("pbx1"), "")), PHONE);
+    assert!(
+        net.receive(PBX, &answer(&fwd, 100, "Trying", None, ""))
+            .is_empty(),
+        "100 is hop by hop"
+    );
+    let ringing = only_to(
+        &net.receive(PBX, &answer(&fwd, 180, "Ringing", Some("pbx1"), "")),
+        PHONE,
+    );
     assert_eq!(status(&ringing), 180);
     assert_eq!(values(&ringing, HeaderName::Via).len(), 1);
     assert!(values(&ringing, HeaderName::Via)[0].contains("branch=z9hG4bK-b"));
-    let ok = only_to(&net.from(PBX, &answer(&fwd, 200, "OK", Some("pbx1"), "")), PHONE);
+    let ok = only_to(
+        &net.receive(PBX, &answer(&fwd, 200, "OK", Some("pbx1"), "")),
+        PHONE,
+    );
     assert_eq!(status(&ok), 200);
-    assert_eq!(ok.record_routes().count(), 1, "Record-Route reaches the caller");
+    assert_eq!(
+        ok.record_routes().count(),
+        1,
+        "Record-Route reaches the caller"
+    );
     // a retransmitted 2xx is forwarded again (the caller's ACK is what stops it)
-    let again = only_to(&net.from(PBX, &answer(&fwd, 200, "OK", Some("pbx1"), "")), PHONE);
+    let again = only_to(
+        &net.receive(PBX, &answer(&fwd, 200, "OK", Some("pbx1"), "")),
+        PHONE,
+    );
     assert_eq!(status(&again), 200);
 }
 
@@ -191,9 +246,9 @@ fn provisional_and_final_responses_are_relayed_with_our_via_popped_and_100_absor
 fn a_retransmitted_invite_is_absorbed_and_answered_with_the_last_response() {
     let mut net = Net::new();
     let text = invite("c3", "z9hG4bK-c");
-    let out = net.from(PHONE, &text);
+    let out = net.receive(PHONE, &text);
     assert_eq!(to(&out, PBX).len(), 1);
-    let again = net.from(PHONE, &text);
+    let again = net.receive(PHONE, &text);
     assert!(to(&again, PBX).is_empty(), "not forwarded twice");
     assert_eq!(status(&only_to(&again, PHONE)), 100);
     assert_eq!(net.proxy.transaction_count(), 1);
@@ -202,7 +257,7 @@ fn a_retransmitted_invite_is_absorbed_and_answered_with_the_last_response() {
 #[test]
 fn udp_requests_are_retransmitted_on_timer_a_and_time_out_with_408() {
     let mut net = Net::new();
-    net.from(PHONE, &invite("c4", "z9hG4bK-d"));
+    net.receive(PHONE, &invite("c4", "z9hG4bK-d"));
     let mut retransmit_times = Vec::new();
     let start = net.now;
     let mut timeout = None;
@@ -235,7 +290,10 @@ fn udp_requests_are_retransmitted_on_timer_a_and_time_out_with_408() {
         }
     }
     let at = four_oh_eight.expect("408 after timer B");
-    assert!(at >= Duration::from_secs(32) && at < Duration::from_secs(33), "{at:?}");
+    assert!(
+        at >= Duration::from_secs(32) && at < Duration::from_secs(33),
+        "{at:?}"
+    );
     // and the transaction eventually goes away
     net.advance(Duration::from_secs(40));
     assert_eq!(net.proxy.transaction_count(), 0);
@@ -244,16 +302,19 @@ fn udp_requests_are_retransmitted_on_timer_a_and_time_out_with_408() {
 #[test]
 fn a_provisional_stops_invite_retransmissions() {
     let mut net = Net::new();
-    let fwd = only_to(&net.from(PHONE, &invite("c5", "z9hG4bK-e")), PBX);
-    net.from(PBX, &answer(&fwd, 100, "Trying", None, ""));
+    let fwd = only_to(&net.receive(PHONE, &invite("c5", "z9hG4bK-e")), PBX);
+    net.receive(PBX, &answer(&fwd, 100, "Trying", None, ""));
     let later = net.advance(Duration::from_secs(10));
-    assert!(to(&later, PBX).is_empty(), "no retransmission after a provisional: {later:#?}");
+    assert!(
+        to(&later, PBX).is_empty(),
+        "no retransmission after a provisional: {later:#?}"
+    );
 }
 
 #[test]
 fn cancel_before_any_provisional_waits_and_then_goes_downstream() {
     let mut net = Net::new();
-    let fwd = only_to(&net.from(PHONE, &invite("c6", "z9hG4bK-f")), PBX);
+    let fwd = only_to(&net.receive(PHONE, &invite("c6", "z9hG4bK-f")), PBX);
     let cancel = "CANCEL sip:+4930123456@pbx.example.com SIP/2.0
 Via: SIP/2.0/UDP 192.168.1.5:5062;branch=z9hG4bK-f;rport
 Max-Forwards: 70
@@ -264,16 +325,29 @@ CSeq: 1 CANCEL
 Content-Length: 0
 
 ";
-    let out = net.from(PHONE, cancel);
+    let out = net.receive(PHONE, cancel);
     let ok = only_to(&out, PHONE);
-    assert_eq!((status(&ok), ok.cseq().unwrap().unwrap().method()), (200, Method::Cancel));
-    assert!(to(&out, PBX).is_empty(), "no CANCEL before a provisional (RFC 3261 §9.1)");
-    let out = net.from(PBX, &answer(&fwd, 180, "Ringing", Some("t1"), ""));
+    assert_eq!(
+        (status(&ok), ok.cseq().unwrap().unwrap().method()),
+        (200, Method::Cancel)
+    );
+    assert!(
+        to(&out, PBX).is_empty(),
+        "no CANCEL before a provisional (RFC 3261 §9.1)"
+    );
+    let out = net.receive(PBX, &answer(&fwd, 180, "Ringing", Some("t1"), ""));
     let down = only_to(&out, PBX);
     assert_eq!(down.method(), Some(Method::Cancel));
-    assert_eq!(values(&down, HeaderName::Via), values(&fwd, HeaderName::Via)[..1].to_vec(), "same branch as the INVITE");
+    assert_eq!(
+        values(&down, HeaderName::Via),
+        values(&fwd, HeaderName::Via)[..1].to_vec(),
+        "same branch as the INVITE"
+    );
     // the PBX ends the INVITE with 487: ACKed here, relayed to the phone
-    let out = net.from(PBX, &answer(&fwd, 487, "Request Terminated", Some("t1"), ""));
+    let out = net.receive(
+        PBX,
+        &answer(&fwd, 487, "Request Terminated", Some("t1"), ""),
+    );
     let ack = only_to(&out, PBX);
     assert_eq!(ack.method(), Some(Method::Ack));
     assert_eq!(ack.to().unwrap().unwrap().tag(), Some(&b"t1"[..]));
@@ -283,10 +357,10 @@ Content-Length: 0
 #[test]
 fn a_cancel_racing_a_200_is_answered_but_not_forwarded() {
     let mut net = Net::new();
-    let fwd = only_to(&net.from(PHONE, &invite("c7", "z9hG4bK-g")), PBX);
-    net.from(PBX, &answer(&fwd, 180, "Ringing", Some("t"), ""));
-    net.from(PBX, &answer(&fwd, 200, "OK", Some("t"), ""));
-    let out = net.from(
+    let fwd = only_to(&net.receive(PHONE, &invite("c7", "z9hG4bK-g")), PBX);
+    net.receive(PBX, &answer(&fwd, 180, "Ringing", Some("t"), ""));
+    net.receive(PBX, &answer(&fwd, 200, "OK", Some("t"), ""));
+    let out = net.receive(
         PHONE,
         "CANCEL sip:+4930123456@pbx.example.com SIP/2.0
 Via: SIP/2.0/UDP 192.168.1.5:5062;branch=z9hG4bK-g;rport
@@ -305,7 +379,7 @@ Content-Length: 0
 #[test]
 fn a_cancel_for_nothing_gets_481() {
     let mut net = Net::new();
-    let out = net.from(
+    let out = net.receive(
         PHONE,
         "CANCEL sip:x@pbx SIP/2.0
 Via: SIP/2.0/UDP 192.168.1.5:5062;branch=z9hG4bK-none
@@ -323,13 +397,13 @@ Content-Length: 0
 #[test]
 fn a_non_2xx_final_is_acked_hop_by_hop_and_retransmitted_upstream_until_acked() {
     let mut net = Net::new();
-    let fwd = only_to(&net.from(PHONE, &invite("c8", "z9hG4bK-h")), PBX);
+    let fwd = only_to(&net.receive(PHONE, &invite("c8", "z9hG4bK-h")), PBX);
     let busy = answer(&fwd, 486, "Busy Here", Some("b"), "");
-    let out = net.from(PBX, &busy);
+    let out = net.receive(PBX, &busy);
     assert_eq!(only_to(&out, PBX).method(), Some(Method::Ack));
     assert_eq!(status(&only_to(&out, PHONE)), 486);
     // the PBX retransmits its 486: ACK again, nothing new upstream
-    let out = net.from(PBX, &busy);
+    let out = net.receive(PBX, &busy);
     assert_eq!(only_to(&out, PBX).method(), Some(Method::Ack));
     assert!(to(&out, PHONE).is_empty());
     // the phone has not ACKed: timer G resends the 486 at 0.5 s, 1.5 s ...
@@ -346,30 +420,51 @@ CSeq: 1 ACK
 Content-Length: 0
 
 ";
-    assert!(net.from(PHONE, ack).is_empty(), "ACK for a non-2xx stops here");
+    assert!(
+        net.receive(PHONE, ack).is_empty(),
+        "ACK for a non-2xx stops here"
+    );
     assert!(net.advance(Duration::from_secs(5)).is_empty());
 }
 
 #[test]
 fn forked_early_dialogs_and_two_200s_are_all_relayed() {
     let mut net = Net::new();
-    let fwd = only_to(&net.from(PHONE, &invite("c9", "z9hG4bK-i")), PBX);
+    let fwd = only_to(&net.receive(PHONE, &invite("c9", "z9hG4bK-i")), PBX);
     for tag in ["deskA", "softB"] {
-        let r = only_to(&net.from(PBX, &answer(&fwd, 180, "Ringing", Some(tag), "")), PHONE);
+        let r = only_to(
+            &net.receive(PBX, &answer(&fwd, 180, "Ringing", Some(tag), "")),
+            PHONE,
+        );
         assert_eq!(r.to().unwrap().unwrap().tag(), Some(tag.as_bytes()));
     }
     for tag in ["deskA", "softB"] {
-        let r = only_to(&net.from(PBX, &answer(&fwd, 200, "OK", Some(tag), "")), PHONE);
-        assert_eq!((status(&r), r.to().unwrap().unwrap().tag()), (200, Some(tag.as_bytes())));
+        let r = only_to(
+            &net.receive(PBX, &answer(&fwd, 200, "OK", Some(tag), "")),
+            PHONE,
+        );
+        assert_eq!(
+            (status(&r), r.to().unwrap().unwrap().tag()),
+            (200, Some(tag.as_bytes()))
+        );
     }
 }
 
 #[test]
 fn an_in_dialog_ack_and_bye_follow_the_route_set_both_ways() {
     let mut net = Net::new();
-    let fwd = only_to(&net.from(PHONE, &invite("c10", "z9hG4bK-j")), PBX);
+    let fwd = only_to(&net.receive(PHONE, &invite("c10", "z9hG4bK-j")), PBX);
     let rr = values(&fwd, HeaderName::RecordRoute)[0].clone();
-    net.from(PBX, &answer(&fwd, 200, "OK", Some("t"), "Contact: <sip:pbx@10.0.0.100:5070>\n"));
+    net.receive(
+        PBX,
+        &answer(
+            &fwd,
+            200,
+            "OK",
+            Some("t"),
+            "Contact: <sip:pbx@10.0.0.100:5070>\n",
+        ),
+    );
     // the phone's 2xx ACK, through our Record-Route: forwarded statelessly, route popped
     let ack = format!(
         "ACK sip:pbx@10.0.0.100:5070 SIP/2.0
@@ -384,12 +479,19 @@ Content-Length: 0
 
 "
     );
-    let out = net.from(PHONE, &ack);
+    let out = net.receive(PHONE, &ack);
     let fwd_ack = only_to(&out, PBX);
     assert_eq!(fwd_ack.routes().count(), 0, "our Route popped");
-    assert_eq!(fwd_ack.request_uri_bytes(), Some(&b"sip:pbx@10.0.0.100:5070"[..]));
+    assert_eq!(
+        fwd_ack.request_uri_bytes(),
+        Some(&b"sip:pbx@10.0.0.100:5070"[..])
+    );
     assert_eq!(fwd_ack.vias().count(), 2);
-    assert_eq!(net.from(PHONE, &ack).len(), 1, "a retransmitted ACK is forwarded the same way");
+    assert_eq!(
+        net.receive(PHONE, &ack).len(),
+        1,
+        "a retransmitted ACK is forwarded the same way"
+    );
     // the PBX hangs up: its BYE carries our Record-Route as Route and reaches the phone's
     // real address (the flow token), whatever the Contact said (192.168.1.5 is behind NAT)
     let bye = format!(
@@ -405,16 +507,22 @@ Content-Length: 0
 
 "
     );
-    let out = net.from(PBX, &bye);
+    let out = net.receive(PBX, &bye);
     let to_phone = only_to(&out, PHONE);
     assert_eq!(to_phone.method(), Some(Method::Bye));
     assert_eq!(to_phone.routes().count(), 0);
-    assert_eq!(to_phone.request_uri_bytes(), Some(&b"sip:201@192.168.1.5:5062"[..]));
+    assert_eq!(
+        to_phone.request_uri_bytes(),
+        Some(&b"sip:201@192.168.1.5:5062"[..])
+    );
     let ok = format!(
         "SIP/2.0 200 OK\n{}From: <sip:+4930123456@pbx.example.com>;tag=t\nTo: <sip:201@pbx.example.com>;tag=ph1\nCall-ID: c10\nCSeq: 5 BYE\nContent-Length: 0\n\n",
-        values(&to_phone, HeaderName::Via).iter().map(|v| format!("Via: {v}\n")).collect::<String>()
+        values(&to_phone, HeaderName::Via)
+            .iter()
+            .map(|v| format!("Via: {v}\n"))
+            .collect::<String>()
     );
-    let back = only_to(&net.from(PHONE, &ok), PBX);
+    let back = only_to(&net.receive(PHONE, &ok), PBX);
     assert_eq!(status(&back), 200);
     assert!(values(&back, HeaderName::Via)[0].contains("z9hG4bK-pbxbye"));
 }
@@ -439,25 +547,39 @@ Content-Length: 0
 /// The PBX's 200 to a forwarded REGISTER, echoing its (aliased) Contact.
 fn register_ok(fwd: &Message, expires: u32) -> String {
     let contact = values(fwd, HeaderName::Contact)[0].clone();
-    answer(fwd, 200, "OK", Some("reg"), &format!("Contact: {contact};expires={expires}\n"))
+    answer(
+        fwd,
+        200,
+        "OK",
+        Some("reg"),
+        &format!("Contact: {contact};expires={expires}\n"),
+    )
 }
 
 #[test]
 fn registration_aliases_the_contact_and_the_pbx_reaches_the_phone_through_it() {
     let mut net = Net::new();
-    let fwd = only_to(&net.from(PHONE, &register(3600, "z9hG4bK-r1")), PBX);
+    let fwd = only_to(&net.receive(PHONE, &register(3600, "z9hG4bK-r1")), PBX);
     let contact = fwd.contacts().next().unwrap().unwrap();
     let alias = contact.address().unwrap();
     assert_eq!(alias.uri().host(), b"10.0.0.1", "the PBX sees the proxy");
     assert_eq!(alias.uri().user(), Some(&b"201"[..]));
     assert!(alias.uri().params().value("ppa").is_some());
-    assert_eq!(alias.params().value("+sip.instance"), Some(&b"\"<urn:uuid:1>\""[..]), "header params kept");
+    assert_eq!(
+        alias.params().value("+sip.instance"),
+        Some(&b"\"<urn:uuid:1>\""[..]),
+        "header params kept"
+    );
     let alias_uri = String::from_utf8_lossy(alias.uri().as_bytes()).into_owned();
 
-    let ok = only_to(&net.from(PBX, &register_ok(&fwd, 3600)), PHONE);
+    let ok = only_to(&net.receive(PBX, &register_ok(&fwd, 3600)), PHONE);
     assert_eq!(status(&ok), 200);
     let back = ok.contacts().next().unwrap().unwrap();
-    assert_eq!(back.address().unwrap().uri().as_bytes(), b"sip:201@192.168.1.5:5062;line=x1", "the phone sees its own Contact");
+    assert_eq!(
+        back.address().unwrap().uri().as_bytes(),
+        b"sip:201@192.168.1.5:5062;line=x1",
+        "the phone sees its own Contact"
+    );
     assert_eq!(net.proxy.binding_count(), 1);
 
     // the PBX calls the registered contact: reaches the phone's real address
@@ -474,24 +596,38 @@ Content-Length: 0
 
 "
     );
-    let out = net.from(PBX, &call);
+    let out = net.receive(PBX, &call);
     assert_eq!(status(&only_to(&out, PBX)), 100);
     let inv = only_to(&out, PHONE);
-    assert_eq!(inv.request_uri_bytes(), Some(&b"sip:201@192.168.1.5:5062;line=x1"[..]));
+    assert_eq!(
+        inv.request_uri_bytes(),
+        Some(&b"sip:201@192.168.1.5:5062;line=x1"[..])
+    );
     assert_eq!(inv.record_routes().count(), 1);
     // the AoR works too (a PBX that addresses sip:201@proxy)
-    let by_aor = call.replace(&alias_uri, "sip:201@10.0.0.1:5060").replace("z9hG4bK-pbxinv", "z9hG4bK-pbxinv2").replace("in-1", "in-2");
-    let inv = only_to(&net.from(PBX, &by_aor), PHONE);
-    assert_eq!(inv.request_uri_bytes(), Some(&b"sip:201@192.168.1.5:5062;line=x1"[..]));
+    let by_aor = call
+        .replace(&alias_uri, "sip:201@10.0.0.1:5060")
+        .replace("z9hG4bK-pbxinv", "z9hG4bK-pbxinv2")
+        .replace("in-1", "in-2");
+    let inv = only_to(&net.receive(PBX, &by_aor), PHONE);
+    assert_eq!(
+        inv.request_uri_bytes(),
+        Some(&b"sip:201@192.168.1.5:5062;line=x1"[..])
+    );
 }
 
 #[test]
 fn an_unregistered_or_expired_binding_gets_404() {
     let mut net = Net::new();
-    let fwd = only_to(&net.from(PHONE, &register(60, "z9hG4bK-r2")), PBX);
+    let fwd = only_to(&net.receive(PHONE, &register(60, "z9hG4bK-r2")), PBX);
     let alias = values(&fwd, HeaderName::Contact)[0].clone();
-    let alias_uri = alias.trim_start_matches('<').split('>').next().unwrap().to_string();
-    net.from(PBX, &register_ok(&fwd, 60));
+    let alias_uri = alias
+        .trim_start_matches('<')
+        .split('>')
+        .next()
+        .unwrap()
+        .to_string();
+    net.receive(PBX, &register_ok(&fwd, 60));
     let call = |n: u32| {
         format!(
             "OPTIONS {alias_uri} SIP/2.0
@@ -505,22 +641,33 @@ Content-Length: 0
 "
         )
     };
-    assert_eq!(only_to(&net.from(PBX, &call(1)), PHONE).method(), Some(Method::Options));
+    assert_eq!(
+        only_to(&net.receive(PBX, &call(1)), PHONE).method(),
+        Some(Method::Options)
+    );
     net.advance(Duration::from_secs(75));
     assert_eq!(net.proxy.binding_count(), 0, "expired after 60 s");
-    assert_eq!(status(&only_to(&net.from(PBX, &call(2)), PBX)), 404);
-    let bogus = call(3).replace("ppa=", "ppa=0000").replace("z9hG4bK-o3", "z9hG4bK-o4");
-    assert_eq!(status(&only_to(&net.from(PBX, &bogus), PBX)), 404);
+    assert_eq!(status(&only_to(&net.receive(PBX, &call(2)), PBX)), 404);
+    let bogus = call(3)
+        .replace("ppa=", "ppa=0000")
+        .replace("z9hG4bK-o3", "z9hG4bK-o4");
+    assert_eq!(status(&only_to(&net.receive(PBX, &bogus), PBX)), 404);
 }
 
 #[test]
 fn expires_zero_removes_the_binding() {
     let mut net = Net::new();
-    let fwd = only_to(&net.from(PHONE, &register(3600, "z9hG4bK-r3")), PBX);
-    net.from(PBX, &register_ok(&fwd, 3600));
+    let fwd = only_to(&net.receive(PHONE, &register(3600, "z9hG4bK-r3")), PBX);
+    net.receive(PBX, &register_ok(&fwd, 3600));
     assert_eq!(net.proxy.binding_count(), 1);
-    let fwd = only_to(&net.from(PHONE, &register(0, "z9hG4bK-r4").replace("CSeq: 2", "CSeq: 3")), PBX);
-    net.from(PBX, &register_ok(&fwd, 0));
+    let fwd = only_to(
+        &net.receive(
+            PHONE,
+            &register(0, "z9hG4bK-r4").replace("CSeq: 2", "CSeq: 3"),
+        ),
+        PBX,
+    );
+    net.receive(PBX, &register_ok(&fwd, 0));
     assert_eq!(net.proxy.binding_count(), 0);
 }
 
@@ -529,11 +676,14 @@ fn path_mode_adds_path_and_leaves_contacts_alone() {
     let mut cfg = config();
     cfg.pbx_path = true;
     let mut net = Net::with(cfg);
-    let fwd = only_to(&net.from(PHONE, &register(3600, "z9hG4bK-p1")), PBX);
+    let fwd = only_to(&net.receive(PHONE, &register(3600, "z9hG4bK-p1")), PBX);
     let path = fwd.paths().next().expect("a Path").unwrap();
     assert_eq!(path.uri().host(), b"10.0.0.1");
     assert!(path.uri().params().contains("lr"));
-    assert_eq!(values(&fwd, HeaderName::Contact)[0], "<sip:201@192.168.1.5:5062;line=x1>;+sip.instance=\"<urn:uuid:1>\"");
+    assert_eq!(
+        values(&fwd, HeaderName::Contact)[0],
+        "<sip:201@192.168.1.5:5062;line=x1>;+sip.instance=\"<urn:uuid:1>\""
+    );
     // the PBX routes a call through the Path: it reaches the phone's real address
     let path_uri = String::from_utf8_lossy(path.uri().as_bytes()).into_owned();
     let call = format!(
@@ -549,28 +699,34 @@ Content-Length: 0
 
 "
     );
-    let inv = only_to(&net.from(PBX, &call), PHONE);
+    let inv = only_to(&net.receive(PBX, &call), PHONE);
     assert_eq!(inv.routes().count(), 0);
 }
 
 #[test]
 fn strangers_get_403_and_only_phones_and_the_pbx_are_served() {
     let mut net = Net::new();
-    let out = net.from("203.0.113.9:5060", &invite("x1", "z9hG4bK-s"));
+    let out = net.receive("203.0.113.9:5060", &invite("x1", "z9hG4bK-s"));
     assert_eq!(status(&only_to(&out, "203.0.113.9:5060")), 403);
     assert!(to(&out, PBX).is_empty());
     // a response from a stranger that names no transaction of ours goes nowhere
-    let out = net.from(
+    let out = net.receive(
         "203.0.113.9:5060",
         "SIP/2.0 200 OK\nVia: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bKpp0000\nVia: SIP/2.0/UDP 198.51.100.1;branch=z9hG4bK-v\nFrom: <sip:a@b>;tag=1\nTo: <sip:c@d>;tag=2\nCall-ID: r\nCSeq: 1 OPTIONS\nContent-Length: 0\n\n",
     );
-    assert!(out.is_empty(), "not relayed to an address outside the allowed networks");
+    assert!(
+        out.is_empty(),
+        "not relayed to an address outside the allowed networks"
+    );
 }
 
 #[test]
 fn max_forwards_zero_gets_483() {
     let mut net = Net::new();
-    let out = net.from(PHONE, &invite("mf", "z9hG4bK-mf").replace("Max-Forwards: 70", "Max-Forwards: 0"));
+    let out = net.receive(
+        PHONE,
+        &invite("mf", "z9hG4bK-mf").replace("Max-Forwards: 70", "Max-Forwards: 0"),
+    );
     assert_eq!(status(&only_to(&out, PHONE)), 483);
     assert!(to(&out, PBX).is_empty());
 }
@@ -580,9 +736,9 @@ fn transaction_and_rate_limits_answer_503_with_retry_after() {
     let mut cfg = config();
     cfg.max_transactions = 2;
     let mut net = Net::with(cfg);
-    net.from(PHONE, &invite("l1", "z9hG4bK-l1"));
-    net.from(PHONE, &invite("l2", "z9hG4bK-l2"));
-    let out = net.from(PHONE, &invite("l3", "z9hG4bK-l3"));
+    net.receive(PHONE, &invite("l1", "z9hG4bK-l1"));
+    net.receive(PHONE, &invite("l2", "z9hG4bK-l2"));
+    let out = net.receive(PHONE, &invite("l3", "z9hG4bK-l3"));
     let refused = only_to(&out, PHONE);
     assert_eq!(status(&refused), 503);
     assert!(refused.header(HeaderName::RetryAfter).is_some());
@@ -593,41 +749,78 @@ fn transaction_and_rate_limits_answer_503_with_retry_after() {
     let mut net = Net::with(cfg);
     let mut refused = 0;
     for i in 0..20 {
-        let out = net.from(PHONE, &invite(&format!("r{i}"), &format!("z9hG4bK-r{i}")));
-        refused += to(&out, PHONE).iter().filter(|t| parse(t).status() == Some(503)).count();
+        let out = net.receive(PHONE, &invite(&format!("r{i}"), &format!("z9hG4bK-r{i}")));
+        refused += to(&out, PHONE)
+            .iter()
+            .filter(|t| parse(t).status() == Some(503))
+            .count();
     }
-    assert_eq!(refused, 15, "a burst of 5, then refused within the same second");
+    assert_eq!(
+        refused, 15,
+        "a burst of 5, then refused within the same second"
+    );
     net.advance(Duration::from_secs(2));
-    let out = net.from(PHONE, &invite("after", "z9hG4bK-after"));
-    assert_eq!(to(&out, PBX).len(), 1, "allowed again after the bucket refills");
+    let out = net.receive(PHONE, &invite("after", "z9hG4bK-after"));
+    assert_eq!(
+        to(&out, PBX).len(),
+        1,
+        "allowed again after the bucket refills"
+    );
 }
 
 #[test]
 fn a_malformed_request_gets_400_naming_the_defect_and_a_malformed_response_is_dropped() {
     let mut net = Net::new();
-    let out = net.from(PHONE, &invite("bad", "z9hG4bK-bad").replace("CSeq: 1 INVITE", "CSeq: 1 BYE"));
+    let out = net.receive(
+        PHONE,
+        &invite("bad", "z9hG4bK-bad").replace("CSeq: 1 INVITE", "CSeq: 1 BYE"),
+    );
     let r = only_to(&out, PHONE);
     assert_eq!(status(&r), 400);
     assert!(String::from_utf8_lossy(r.reason().unwrap()).contains("CSeq"));
-    let out = net.from(PBX, "SIP/2.0 200 OK\nVia: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bKpp1\nCSeq: 1 INVITE\nContent-Length: 0\n\n");
+    let out = net.receive(PBX, "SIP/2.0 200 OK\nVia: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bKpp1\nCSeq: 1 INVITE\nContent-Length: 0\n\n");
     assert!(out.is_empty());
-    assert!(net.from(PHONE, "this is not SIP at all\n\n").is_empty());
+    assert!(net.receive(PHONE, "this is not SIP at all\n\n").is_empty());
     assert_eq!(net.proxy.stats().parse_errors, 3);
 }
 
 #[test]
 fn over_tcp_responses_return_on_the_same_connection_and_record_route_is_doubled() {
     let mut net = Net::new();
-    let flow = Flow { transport: Transport::Tcp, remote: addr(PHONE), local: addr(PROXY), conn: Some(42) };
-    let out = net.from_flow(flow, &invite("t1", "z9hG4bK-t1").replace("SIP/2.0/UDP 192.168.1.5", "SIP/2.0/TCP 192.168.1.5"));
+    let flow = Flow {
+        transport: Transport::Tcp,
+        remote: addr(PHONE),
+        local: addr(PROXY),
+        conn: Some(42),
+    };
+    let out = net.receive_on(
+        flow,
+        &invite("t1", "z9hG4bK-t1").replace("SIP/2.0/UDP 192.168.1.5", "SIP/2.0/TCP 192.168.1.5"),
+    );
     let trying = out.iter().find(|t| t.flow.remote == addr(PHONE)).unwrap();
-    assert_eq!((trying.flow.transport, trying.flow.conn), (Transport::Tcp, Some(42)));
+    assert_eq!(
+        (trying.flow.transport, trying.flow.conn),
+        (Transport::Tcp, Some(42))
+    );
     let fwd = only_to(&out, PBX);
-    let rr: Vec<_> = fwd.record_routes().map(|r| String::from_utf8_lossy(r.unwrap().uri().as_bytes()).into_owned()).collect();
-    assert_eq!(rr.len(), 2, "phone on TCP, PBX on UDP: double Record-Route (RFC 5658)");
-    assert!(rr[0].ends_with(";lr;r2=on") && !rr[0].contains("transport="), "top faces the PBX (UDP): {rr:?}");
-    assert!(rr[1].contains(";transport=tcp;lr;r2=on"), "second faces the phone (TCP): {rr:?}");
-    let ringing = net.from(PBX, &answer(&fwd, 180, "Ringing", Some("x"), ""));
+    let rr: Vec<_> = fwd
+        .record_routes()
+        .map(|r| String::from_utf8_lossy(r.unwrap().uri().as_bytes()).into_owned())
+        .collect();
+    assert_eq!(
+        rr.len(),
+        2,
+        "phone on TCP, PBX on UDP: double Record-Route (RFC 5658)"
+    );
+    assert!(
+        rr[0].ends_with(";lr;r2=on") && !rr[0].contains("transport="),
+        "top faces the PBX (UDP): {rr:?}"
+    );
+    assert!(
+        rr[1].contains(";transport=tcp;lr;r2=on"),
+        "second faces the phone (TCP): {rr:?}"
+    );
+    let ringing = net.receive(PBX, &answer(&fwd, 180, "Ringing", Some("x"), ""));
     assert_eq!(ringing[0].flow.conn, Some(42));
     // the PBX's in-dialog request with both routes: both popped, sent over the connection
     let bye = format!(
@@ -643,9 +836,15 @@ Content-Length: 0
 ",
         rr[0], rr[1]
     );
-    let out = net.from(PBX, &bye);
-    let sent = out.iter().find(|t| t.flow.remote == addr(PHONE)).expect("to the phone");
-    assert_eq!((sent.flow.transport, sent.flow.conn), (Transport::Tcp, Some(42)));
+    let out = net.receive(PBX, &bye);
+    let sent = out
+        .iter()
+        .find(|t| t.flow.remote == addr(PHONE))
+        .expect("to the phone");
+    assert_eq!(
+        (sent.flow.transport, sent.flow.conn),
+        (Transport::Tcp, Some(42))
+    );
     assert_eq!(parse(sent).routes().count(), 0);
 }
 
@@ -653,8 +852,11 @@ Content-Length: 0
 fn transactions_are_gone_after_their_linger_time() {
     let mut net = Net::new();
     for i in 0..10 {
-        let fwd = only_to(&net.from(PHONE, &invite(&format!("g{i}"), &format!("z9hG4bK-g{i}"))), PBX);
-        net.from(PBX, &answer(&fwd, 200, "OK", Some("t"), ""));
+        let fwd = only_to(
+            &net.receive(PHONE, &invite(&format!("g{i}"), &format!("z9hG4bK-g{i}"))),
+            PBX,
+        );
+        net.receive(PBX, &answer(&fwd, 200, "OK", Some("t"), ""));
     }
     assert_eq!(net.proxy.transaction_count(), 10);
     net.advance(Duration::from_secs(33));
@@ -665,7 +867,7 @@ fn transactions_are_gone_after_their_linger_time() {
 fn the_ack_for_a_response_the_proxy_generated_is_absorbed() {
     let mut net = Net::new();
     let text = invite("own", "z9hG4bK-own").replace("Max-Forwards: 70", "Max-Forwards: 0");
-    let r = only_to(&net.from(PHONE, &text), PHONE);
+    let r = only_to(&net.receive(PHONE, &text), PHONE);
     assert_eq!(status(&r), 483);
     let tag = String::from_utf8_lossy(r.to().unwrap().unwrap().tag().unwrap()).into_owned();
     let ack = format!(
@@ -680,33 +882,58 @@ Content-Length: 0
 
 "
     );
-    assert!(net.from(PHONE, &ack).is_empty(), "not forwarded to the PBX");
+    assert!(
+        net.receive(PHONE, &ack).is_empty(),
+        "not forwarded to the PBX"
+    );
 }
 
 #[test]
 fn draining_refuses_new_requests_but_finishes_open_ones() {
     let mut net = Net::new();
-    let fwd = only_to(&net.from(PHONE, &invite("d1", "z9hG4bK-d1")), PBX);
+    let fwd = only_to(&net.receive(PHONE, &invite("d1", "z9hG4bK-d1")), PBX);
     assert_eq!(net.proxy.pending_transaction_count(), 1);
     net.proxy.set_draining(true);
-    let out = net.from(PHONE, &invite("d2", "z9hG4bK-d2"));
+    let out = net.receive(PHONE, &invite("d2", "z9hG4bK-d2"));
     assert_eq!(status(&only_to(&out, PHONE)), 503);
     assert!(to(&out, PBX).is_empty());
-    assert_eq!(status(&only_to(&net.from(PBX, &answer(&fwd, 200, "OK", Some("t"), "")), PHONE)), 200);
-    assert_eq!(net.proxy.pending_transaction_count(), 0, "nothing left to wait for");
+    assert_eq!(
+        status(&only_to(
+            &net.receive(PBX, &answer(&fwd, 200, "OK", Some("t"), "")),
+            PHONE
+        )),
+        200
+    );
+    assert_eq!(
+        net.proxy.pending_transaction_count(),
+        0,
+        "nothing left to wait for"
+    );
 }
 
 #[test]
 fn a_phone_registered_over_tcp_gets_an_alias_the_udp_pbx_can_reach() {
     let mut net = Net::new();
-    let flow = Flow { transport: Transport::Tcp, remote: addr(PHONE), local: addr(PROXY), conn: Some(9) };
-    let out = net.from_flow(flow, &register(3600, "z9hG4bK-tr").replace("SIP/2.0/UDP 192.168.1.5", "SIP/2.0/TCP 192.168.1.5"));
+    let flow = Flow {
+        transport: Transport::Tcp,
+        remote: addr(PHONE),
+        local: addr(PROXY),
+        conn: Some(9),
+    };
+    let out = net.receive_on(
+        flow,
+        &register(3600, "z9hG4bK-tr").replace("SIP/2.0/UDP 192.168.1.5", "SIP/2.0/TCP 192.168.1.5"),
+    );
     let fwd = only_to(&out, PBX);
     let contact = fwd.contacts().next().unwrap().unwrap();
     let uri = contact.address().unwrap().uri();
-    assert_eq!(uri.params().value("transport"), None, "the alias faces the PBX, which is on UDP");
+    assert_eq!(
+        uri.params().value("transport"),
+        None,
+        "the alias faces the PBX, which is on UDP"
+    );
     let alias_uri = String::from_utf8_lossy(uri.as_bytes()).into_owned();
-    net.from(PBX, &register_ok(&fwd, 3600));
+    net.receive(PBX, &register_ok(&fwd, 3600));
     let call = format!(
         "INVITE {alias_uri} SIP/2.0
 Via: SIP/2.0/UDP 10.0.0.100:5070;branch=z9hG4bK-tcpin
@@ -718,7 +945,14 @@ Content-Length: 0
 
 "
     );
-    let out = net.from(PBX, &call);
-    let sent = out.iter().find(|t| t.flow.remote == addr(PHONE)).expect("to the phone");
-    assert_eq!((sent.flow.transport, sent.flow.conn), (Transport::Tcp, Some(9)), "over the phone's own connection");
+    let out = net.receive(PBX, &call);
+    let sent = out
+        .iter()
+        .find(|t| t.flow.remote == addr(PHONE))
+        .expect("to the phone");
+    assert_eq!(
+        (sent.flow.transport, sent.flow.conn),
+        (Transport::Tcp, Some(9)),
+        "over the phone's own connection"
+    );
 }

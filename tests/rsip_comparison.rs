@@ -19,9 +19,17 @@ fn compact_headers_are_invisible_to_rsip_typed_access() {
     assert!(ours.top_via().unwrap().is_ok());
 
     let theirs = rsip::SipMessage::try_from(COMPACT).expect("rsip parses the message");
-    let rsip::SipMessage::Request(req) = theirs else { panic!("a request") };
-    assert!(rsip::message::HeadersExt::call_id_header(&req).is_err(), "rsip finds no Call-ID in `i:`");
-    assert!(rsip::message::HeadersExt::via_header(&req).is_err(), "rsip finds no Via in `v:`");
+    let rsip::SipMessage::Request(req) = theirs else {
+        panic!("a request")
+    };
+    assert!(
+        rsip::message::HeadersExt::call_id_header(&req).is_err(),
+        "rsip finds no Call-ID in `i:`"
+    );
+    assert!(
+        rsip::message::HeadersExt::via_header(&req).is_err(),
+        "rsip finds no Via in `v:`"
+    );
 }
 
 #[test]
@@ -42,7 +50,10 @@ fn folded_headers_fail_in_rsip() {
 fn rsip_ignores_content_length_so_two_stream_messages_become_one() {
     let stream: Vec<u8> = [COMPACT, FOLDED].concat();
     let theirs = rsip::SipMessage::try_from(stream.as_slice()).expect("rsip parses");
-    assert!(theirs.body().len() > FOLDED.len() / 2, "the second message became the body");
+    assert!(
+        theirs.body().len() > FOLDED.len() / 2,
+        "the second message became the body"
+    );
 
     let mut framer = StreamFramer::default();
     framer.push(&stream);

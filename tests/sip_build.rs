@@ -150,21 +150,42 @@ fn cancel_and_ack_copy_what_rfc_3261_says_and_only_the_top_via() {
         "Max-Forwards: 70\r\nRoute: <sip:10.0.0.1;lr>\r\n",
     );
     let invite = Message::parse(Bytes::from(routed)).expect("parses");
-    let cancel = Message::parse(presence_proxy::sip::build::cancel_for(&invite)).expect("CANCEL parses");
+    let cancel =
+        Message::parse(presence_proxy::sip::build::cancel_for(&invite)).expect("CANCEL parses");
     cancel.validate().expect("CANCEL valid");
     assert_eq!(cancel.method(), Some(Method::Cancel));
     assert_eq!(cancel.request_uri_bytes(), invite.request_uri_bytes());
-    assert_eq!(values(&cancel, HeaderName::Via), values(&invite, HeaderName::Via)[..1].to_vec());
-    assert_eq!(values(&cancel, HeaderName::Route), values(&invite, HeaderName::Route));
+    assert_eq!(
+        values(&cancel, HeaderName::Via),
+        values(&invite, HeaderName::Via)[..1].to_vec()
+    );
+    assert_eq!(
+        values(&cancel, HeaderName::Route),
+        values(&invite, HeaderName::Route)
+    );
     let cseq = cancel.cseq().expect("CSeq").expect("parses");
     assert_eq!((cseq.seq(), cseq.method()), (1, Method::Cancel));
-    assert_eq!(cancel.header(HeaderName::CallId), invite.header(HeaderName::CallId));
+    assert_eq!(
+        cancel.header(HeaderName::CallId),
+        invite.header(HeaderName::CallId)
+    );
 
-    let busy = Message::parse(ResponseBuilder::new(&invite, 486, "Busy Here").to_tag("uas-9").build())
-        .expect("response parses");
-    let ack = Message::parse(presence_proxy::sip::build::ack_for(&invite, &busy)).expect("ACK parses");
+    let busy = Message::parse(
+        ResponseBuilder::new(&invite, 486, "Busy Here")
+            .to_tag("uas-9")
+            .build(),
+    )
+    .expect("response parses");
+    let ack =
+        Message::parse(presence_proxy::sip::build::ack_for(&invite, &busy)).expect("ACK parses");
     ack.validate().expect("ACK valid");
     assert_eq!(ack.method(), Some(Method::Ack));
-    assert_eq!(ack.to().expect("To").expect("parses").tag(), Some(&b"uas-9"[..]));
-    assert_eq!(values(&ack, HeaderName::Via), values(&invite, HeaderName::Via)[..1].to_vec());
+    assert_eq!(
+        ack.to().expect("To").expect("parses").tag(),
+        Some(&b"uas-9"[..])
+    );
+    assert_eq!(
+        values(&ack, HeaderName::Via),
+        values(&invite, HeaderName::Via)[..1].to_vec()
+    );
 }

@@ -166,7 +166,12 @@ fn received_and_rport_replace_the_top_vias_own_and_keep_the_rest() {
     assert_eq!(top.host(), b"10.0.0.5");
     assert_eq!(edited.vias().count(), 2);
     assert_eq!(
-        edited.vias().nth(1).expect("second").expect("parses").branch(),
+        edited
+            .vias()
+            .nth(1)
+            .expect("second")
+            .expect("parses")
+            .branch(),
         Some(&b"z9hG4bK-o"[..])
     );
 }

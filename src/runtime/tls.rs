@@ -30,7 +30,7 @@ pub(super) fn acceptor(config: &TlsConfig) -> Result<TlsAcceptor, RuntimeError> 
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let server = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .and_then(|b| Ok(b.with_no_client_auth().with_single_cert(certs, key)?))
+        .and_then(|b| b.with_no_client_auth().with_single_cert(certs, key))
         .map_err(|e: rustls::Error| RuntimeError::Tls {
             path: config.certificate.clone(),
             reason: e.to_string(),

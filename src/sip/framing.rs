@@ -113,7 +113,11 @@ impl StreamFramer {
             };
             if head_len > self.limits.max_message_size {
                 // the same verdict whether the head arrived in one read or trickled in
-                return Err(self.error(ParseErrorKind::TooLarge, self.limits.max_message_size, None));
+                return Err(self.error(
+                    ParseErrorKind::TooLarge,
+                    self.limits.max_message_size,
+                    None,
+                ));
             }
             let head = parse_head(&self.buf[..head_len], &self.limits, false)
                 .map_err(|e| self.error(e.kind, e.offset, e.header))?;
@@ -124,7 +128,7 @@ impl StreamFramer {
                     Some(HeaderName::ContentLength),
                 ));
             };
-            let total = head_len.checked_add(body_len).unwrap_or(usize::MAX);
+            let total = head_len.saturating_add(body_len);
             if total > self.limits.max_message_size {
                 return Err(self.error(
                     ParseErrorKind::TooLarge,

@@ -407,7 +407,9 @@ pub(crate) fn parse_head(buf: &[u8], limits: &Limits, datagram: bool) -> Result<
             };
             let content_end = trim_end(buf, pos, line_end);
             // a continuation holding only white space changes nothing but the line's end
-            let has_content = buf[pos..content_end].iter().any(|&c| c != b' ' && c != b'\t');
+            let has_content = buf[pos..content_end]
+                .iter()
+                .any(|&c| c != b' ' && c != b'\t');
             if has_content {
                 if field.value.is_empty() {
                     let s = pos
@@ -911,7 +913,11 @@ impl Message {
                 HeaderName::Via | HeaderName::Contact | HeaderName::Route | HeaderName::RecordRoute
             );
             if must_hold_a_value && ListIter::new(self.slice(span)).next().is_none() {
-                return Err(ParseError::in_header(ParseErrorKind::BadHeaderValue, span.start(), name));
+                return Err(ParseError::in_header(
+                    ParseErrorKind::BadHeaderValue,
+                    span.start(),
+                    name,
+                ));
             }
             let checked: Result<(), ParseError> = match name {
                 HeaderName::Via => ListIter::new(self.slice(span))
