@@ -42,6 +42,15 @@ cargo fmt --all -- --check
 echo "== cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets -- -D warnings
 echo "== cargo test"
-cargo test --all-targets
-# doc tests are not part of --all-targets
-cargo test --doc
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+# doc tests are not part of --all-targets; run them first so the total comes last
+status=0
+cargo test --doc 2>&1 | tee "$log" || status=$?
+if [ "$status" -eq 0 ]; then
+    cargo test --all-targets --no-fail-fast 2>&1 | tee -a "$log" || status=$?
+fi
+# one closing line over every test binary
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed;?$/) p += $i; if ($(i+1) ~ /^failed;?$/) f += $i } }
+     END { printf "summary: %d passed, %d failed\n", p, f }' "$log"
+exit "$status"
