@@ -1,86 +1,308 @@
-//! `presence-proxy demo`: until the proxy runtime exists, shows the wire layer at work
-//! on the bundled traces: each message parsed and validated, one line per file, and
-//! one INVITE edited for forwarding the way the proxy will.
+//! `presence-proxy demo`: the proxy on loopback with an embedded configuration, a small
+//! PBX stand-in behind it, and one scripted phone in front of it. The phone registers,
+//! calls out, and is called back, every message crossing the proxy. A transcript shows
+//! what each side saw; then the proxy keeps running for real phones or SIPp until Ctrl-C.
 
-use std::path::{Path, PathBuf};
+use std::net::SocketAddr;
+use std::path::Path;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use bytes::Bytes;
+use tokio::net::UdpSocket;
 
-use crate::inspect::{describe_error, inspect_bytes};
-use crate::sip::Message;
-use crate::sip::edit::Editor;
+use crate::config::Config;
+use crate::runtime;
+use crate::sip::build::ResponseBuilder;
+use crate::sip::{HeaderName, Message, Method};
+use crate::transport::Transport;
 
-fn collect(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
-    for entry in std::fs::read_dir(dir)? {
-        let path = entry?.path();
-        if path.is_dir() {
-            collect(&path, out)?;
-        } else if matches!(
-            path.extension().and_then(|e| e.to_str()),
-            Some("sip" | "dat")
-        ) {
-            out.push(path);
+/// The demo's configuration: phones on udp/tcp 127.0.0.1:5060, the PBX stand-in on
+/// udp 127.0.0.1:5070 (the same as `config/loopback.toml`).
+pub const DEMO_CONFIG: &str = include_str!("../config/loopback.toml");
+
+/// Why the demo stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    /// The embedded configuration did not load.
+    #[error("{0}")]
+    Config(#[from] crate::config::ConfigError),
+    /// The proxy could not start.
+    #[error("{0}")]
+    Runtime(#[from] runtime::RuntimeError),
+    /// A demo socket failed.
+    #[error("demo socket: {0}")]
+    Io(#[from] std::io::Error),
+    /// The scripted exchange did not go as expected.
+    #[error("the scripted call failed: {0}")]
+    Script(String),
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// One end of the demo: a UDP socket, a name for the transcript, and a peer to send to.
+struct Endpoint {
+    name: &'static str,
+    socket: UdpSocket,
+    peer: SocketAddr,
+}
+
+impl Endpoint {
+    async fn send(&self, bytes: Bytes) -> Result<(), DemoError> {
+        if let Ok(msg) = Message::parse(bytes.clone()) {
+            println!("  {:<5} → {}", self.name, summary(&msg));
+        }
+        self.socket.send_to(&bytes, self.peer).await?;
+        Ok(())
+    }
+
+    /// The next message, skipping retransmissions' noise, within a deadline.
+    async fn recv(&self) -> Result<Message, DemoError> {
+        let mut buf = vec![0u8; 65_535];
+        let (n, _) = tokio::time::timeout(Duration::from_secs(5), self.socket.recv_from(&mut buf))
+            .await
+            .map_err(|_| DemoError::Script(format!("{} heard nothing for 5 s", self.name)))??;
+        let msg = Message::parse(Bytes::copy_from_slice(&buf[..n])).map_err(|e| {
+            DemoError::Script(format!("{} got an unparseable message: {e}", self.name))
+        })?;
+        println!("  {:<5} ← {}", self.name, summary(&msg));
+        Ok(msg)
+    }
+
+    /// Receives until a message satisfies `want` (provisional responses, 100s, ...).
+    async fn recv_until(&self, want: impl Fn(&Message) -> bool) -> Result<Message, DemoError> {
+        loop {
+            let msg = self.recv().await?;
+            if want(&msg) {
+                return Ok(msg);
+            }
+        }
+    }
+}
+
+fn summary(msg: &Message) -> String {
+    let first = match (msg.method_bytes(), msg.status()) {
+        (Some(m), _) => format!(
+            "{} {}",
+            text(m),
+            text(msg.request_uri_bytes().unwrap_or_default())
+        ),
+        (None, Some(code)) => format!("{code} {}", text(msg.reason().unwrap_or_default())),
+        _ => String::new(),
+    };
+    let mut extra = Vec::new();
+    if let Some(Ok(c)) = msg.contacts().next() {
+        if let Some(a) = c.address() {
+            extra.push(format!("Contact {}", text(a.uri().as_bytes())));
+        }
+    }
+    let rr = msg.record_routes().count();
+    if rr > 0 {
+        extra.push(format!("{rr} Record-Route"));
+    }
+    let routes = msg.routes().count();
+    if routes > 0 {
+        extra.push(format!("{routes} Route"));
+    }
+    if extra.is_empty() {
+        first
+    } else {
+        format!("{first}   [{}]", extra.join(", "))
+    }
+}
+
+fn header(msg: &Message, name: HeaderName) -> String {
+    text(msg.header(name).unwrap_or_default())
+}
+
+/// A response echoing the request's Record-Route (what a UAS does, RFC 3261 §12.1.1).
+fn answer(req: &Message, code: u16, reason: &str, tag: &str, contact: Option<&str>) -> Bytes {
+    let rr: Vec<Vec<u8>> = req
+        .fields_named(HeaderName::RecordRoute)
+        .map(|f| req.field_value(f).to_vec())
+        .collect();
+    let contact = contact.map(|c| format!("<{c}>"));
+    let mut builder = ResponseBuilder::new(req, code, reason).to_tag(tag);
+    for value in &rr {
+        builder = builder.header("Record-Route", value);
+    }
+    if let Some(contact) = &contact {
+        builder = builder.header("Contact", contact.as_bytes());
+    }
+    builder.build()
+}
+
+/// The route set a UAC takes from a 2xx: its Record-Route, reversed (§12.1.2).
+fn uac_routes(ok: &Message) -> String {
+    let mut routes: Vec<String> = ok
+        .values(HeaderName::RecordRoute)
+        .map(|(_, span)| text(ok.slice(span)))
+        .collect();
+    routes.reverse();
+    routes.iter().map(|r| format!("Route: {r}\r\n")).collect()
+}
+
+async fn script(proxy: SocketAddr, pbx: SocketAddr) -> Result<(), DemoError> {
+    let phone = Endpoint {
+        name: "phone",
+        socket: UdpSocket::bind("127.0.0.1:0").await?,
+        peer: proxy,
+    };
+    let pbx_side = Endpoint {
+        name: "pbx",
+        socket: UdpSocket::bind(pbx).await?,
+        peer: proxy,
+    };
+    let me = phone.socket.local_addr()?;
+    let contact = format!("sip:201@{me}");
+
+    println!("\n1. Extension 201 registers through the proxy:");
+    phone
+        .send(Bytes::from(format!(
+            "REGISTER sip:pbx.example.com SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK-demo-r1;rport\r\nMax-Forwards: 70\r\nFrom: <sip:201@pbx.example.com>;tag=ph201\r\nTo: <sip:201@pbx.example.com>\r\nCall-ID: demo-reg@{me}\r\nCSeq: 1 REGISTER\r\nContact: <{contact}>\r\nExpires: 600\r\nContent-Length: 0\r\n\r\n"
+        )))
+        .await?;
+    let register = pbx_side.recv().await?;
+    let alias = register
+        .contacts()
+        .next()
+        .and_then(Result::ok)
+        .and_then(|c| c.address().map(|a| text(a.uri().as_bytes())))
+        .ok_or_else(|| {
+            DemoError::Script("the REGISTER reached the PBX without a Contact".into())
+        })?;
+    let mut ok = ResponseBuilder::new(&register, 200, "OK").to_tag("pbx-reg");
+    let contact_back = format!("<{alias}>;expires=600");
+    ok = ok.header("Contact", contact_back.as_bytes());
+    pbx_side.send(ok.build()).await?;
+    phone.recv_until(|m| m.status() == Some(200)).await?;
+    println!("   The PBX stored {alias}: the proxy's alias for the phone.");
+
+    println!("\n2. 201 calls an external number; the PBX answers and 201 hangs up:");
+    phone
+        .send(Bytes::from(format!(
+            "INVITE sip:+4930123456@pbx.example.com SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK-demo-i1;rport\r\nMax-Forwards: 70\r\nFrom: <sip:201@pbx.example.com>;tag=ph201c\r\nTo: <sip:+4930123456@pbx.example.com>\r\nCall-ID: demo-out@{me}\r\nCSeq: 1 INVITE\r\nContact: <{contact}>\r\nContent-Length: 0\r\n\r\n"
+        )))
+        .await?;
+    let invite = pbx_side
+        .recv_until(|m| m.method() == Some(Method::Invite))
+        .await?;
+    pbx_side
+        .send(answer(&invite, 180, "Ringing", "pbx-out", None))
+        .await?;
+    pbx_side
+        .send(answer(
+            &invite,
+            200,
+            "OK",
+            "pbx-out",
+            Some(&format!("sip:pbx@{pbx}")),
+        ))
+        .await?;
+    let ok = phone.recv_until(|m| m.status() == Some(200)).await?;
+    let routes = uac_routes(&ok);
+    for (method, cseq, branch) in [("ACK", 1, "z9hG4bK-demo-a1"), ("BYE", 2, "z9hG4bK-demo-b1")] {
+        phone
+            .send(Bytes::from(format!(
+                "{method} sip:pbx@{pbx} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch={branch};rport\r\n{routes}Max-Forwards: 70\r\nFrom: <sip:201@pbx.example.com>;tag=ph201c\r\nTo: {}\r\nCall-ID: demo-out@{me}\r\nCSeq: {cseq} {method}\r\nContent-Length: 0\r\n\r\n",
+                header(&ok, HeaderName::To)
+            )))
+            .await?;
+        let got = pbx_side.recv().await?;
+        if method == "BYE" {
+            pbx_side
+                .send(ResponseBuilder::new(&got, 200, "OK").build())
+                .await?;
+            phone.recv_until(|m| m.status() == Some(200)).await?;
+        }
+    }
+
+    println!("\n3. The PBX calls 201 at the alias; the proxy finds the phone; the PBX hangs up:");
+    pbx_side
+        .send(Bytes::from(format!(
+            "INVITE {alias} SIP/2.0\r\nVia: SIP/2.0/UDP {pbx};branch=z9hG4bK-demo-pi1\r\nMax-Forwards: 70\r\nFrom: <sip:+4930999@pbx.example.com>;tag=pbx-in\r\nTo: <sip:201@pbx.example.com>\r\nCall-ID: demo-in@{pbx}\r\nCSeq: 1 INVITE\r\nContact: <sip:pbx@{pbx}>\r\nContent-Length: 0\r\n\r\n"
+        )))
+        .await?;
+    let incoming = phone
+        .recv_until(|m| m.method() == Some(Method::Invite))
+        .await?;
+    println!(
+        "   The phone sees its own Contact as Request-URI: {}",
+        text(incoming.request_uri_bytes().unwrap_or_default())
+    );
+    phone
+        .send(answer(&incoming, 180, "Ringing", "ph201in", None))
+        .await?;
+    phone
+        .send(answer(&incoming, 200, "OK", "ph201in", Some(&contact)))
+        .await?;
+    let ok = pbx_side.recv_until(|m| m.status() == Some(200)).await?;
+    let routes = uac_routes(&ok);
+    let to = header(&ok, HeaderName::To);
+    for (method, cseq, branch) in [
+        ("ACK", 1, "z9hG4bK-demo-pa1"),
+        ("BYE", 2, "z9hG4bK-demo-pb1"),
+    ] {
+        pbx_side
+            .send(Bytes::from(format!(
+                "{method} {contact} SIP/2.0\r\nVia: SIP/2.0/UDP {pbx};branch={branch}\r\n{routes}Max-Forwards: 70\r\nFrom: <sip:+4930999@pbx.example.com>;tag=pbx-in\r\nTo: {to}\r\nCall-ID: demo-in@{pbx}\r\nCSeq: {cseq} {method}\r\nContent-Length: 0\r\n\r\n"
+            )))
+            .await?;
+        let got = phone.recv().await?;
+        if method == "BYE" {
+            phone
+                .send(ResponseBuilder::new(&got, 200, "OK").build())
+                .await?;
+            pbx_side.recv_until(|m| m.status() == Some(200)).await?;
         }
     }
     Ok(())
 }
 
-/// Runs the demo over `traces`.
-pub fn demo(traces: &Path) -> ExitCode {
-    let mut files = Vec::new();
-    if let Err(e) = collect(traces, &mut files) {
-        eprintln!("cannot read {}: {e}", traces.display());
-        return ExitCode::from(2);
-    }
-    files.sort();
-    let (mut valid, mut rejected) = (0, 0);
-    let mut sample: Option<Message> = None;
-    for file in &files {
-        let Ok(bytes) = std::fs::read(file) else {
-            continue;
-        };
-        let bytes = Bytes::from(bytes);
-        let report = inspect_bytes(bytes.clone());
-        let last = report.text.lines().last().unwrap_or_default().to_string();
-        println!("{:<60} {}", file.display(), last);
-        if report.ok {
-            valid += 1;
-            if let Ok(msg) = Message::parse(bytes) {
-                if sample.is_none() && msg.method() == Some(crate::sip::Method::Invite) {
-                    sample = Some(msg);
-                }
-            }
-        } else {
-            rejected += 1;
-        }
-    }
-    println!(
-        "\n{valid} messages valid, {rejected} rejected (the RFC 4475 invalid ones are meant to be)"
+async fn demo_async() -> Result<(), DemoError> {
+    let config = Config::from_toml(DEMO_CONFIG, Path::new("config/loopback.toml (embedded)"))?;
+    let handle = runtime::start(&config).await?;
+    let proxy = handle
+        .local_addr(Transport::Udp)
+        .ok_or_else(|| DemoError::Script("no UDP listener".into()))?;
+    let pbx = SocketAddr::new(
+        config.pbx.host_ip().unwrap_or(proxy.ip()),
+        config.pbx.port_or_default(),
     );
-    if let Some(msg) = sample {
-        let mut editor = Editor::new(&msg);
-        editor
-            .push_via(b"SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK-demo;rport")
-            .prepend_record_route(b"<sip:127.0.0.1:5060;lr>");
-        let forwarded = match editor.set_max_forwards(
-            msg.max_forwards()
-                .and_then(Result::ok)
-                .unwrap_or(70)
-                .saturating_sub(1),
-        ) {
-            Ok(_) => editor.finish(),
-            Err(e) => {
-                eprintln!("edit failed: {e}");
-                return ExitCode::from(1);
-            }
-        };
-        println!("\nThe first INVITE, as the proxy would forward it:\n");
-        println!("{}", String::from_utf8_lossy(&forwarded));
-        if let Err(e) = Message::parse(forwarded) {
-            println!("forwarded copy does not parse: {}", describe_error(&e));
+    println!("presence-proxy is running: phones → udp/tcp {proxy}, PBX stand-in at udp {pbx}.");
+    let outcome = script(proxy, pbx).await;
+    match &outcome {
+        Ok(()) => println!(
+            "\nEvery message above crossed the proxy. It keeps running on {proxy}: point a phone's outbound proxy (or SIPp) at it. Ctrl-C stops it."
+        ),
+        Err(e) => println!("\n{e}"),
+    }
+    if outcome.is_ok() && std::env::var_os("PRESENCE_PROXY_DEMO_ONCE").is_none() {
+        runtime::shutdown_signal().await;
+    }
+    handle.shutdown().await;
+    outcome
+}
+
+/// Runs the demo.
+pub fn demo() -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
             return ExitCode::from(1);
         }
+    };
+    match runtime.block_on(demo_async()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("demo failed: {e}");
+            ExitCode::from(1)
+        }
     }
-    ExitCode::SUCCESS
 }

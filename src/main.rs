@@ -33,12 +33,10 @@ enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
-    /// Show the product on this machine: for now, inspects the bundled SIP traces.
-    Demo {
-        /// Folder of traces to inspect.
-        #[arg(long, default_value = "sip-traces")]
-        traces: PathBuf,
-    },
+    /// Show the product on this machine: the proxy on loopback with a PBX stand-in and
+    /// a scripted phone that registers, calls out and is called back; then keeps the
+    /// proxy running for real phones until Ctrl-C.
+    Demo,
     /// Load and validate a configuration file; print a summary, or the error with its
     /// file, line and key. Exits 0 when the file is valid, 1 otherwise.
     CheckConfig {
@@ -65,7 +63,7 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         }
-        Command::Demo { traces } => presence_proxy::demo::demo(&traces),
+        Command::Demo => presence_proxy::demo::demo(),
         Command::CheckConfig { file } => match presence_proxy::config::Config::load(&file) {
             Ok(config) => {
                 println!("{}: ok", file.display());
