@@ -36,6 +36,8 @@ struct Splice {
     end: usize,
     order: usize,
     with: Vec<u8>,
+    /// A whole line: it must start on a fresh line (see [`Editor::finish`]).
+    line: bool,
 }
 
 /// Collects edits of one message and writes the edited copy.
@@ -70,6 +72,7 @@ impl<'m> Editor<'m> {
             end,
             order,
             with,
+            line: false,
         });
         Ok(())
     }
@@ -89,18 +92,15 @@ impl<'m> Editor<'m> {
         line
     }
 
-    /// Inserts a whole header line at `at`, a line start; at the end of a datagram whose
-    /// last line has no line end, a CRLF goes first so the new line is not glued on.
+    /// Inserts a whole header line at `at`, a line start. When what precedes it in the
+    /// output has no line end (the last line of a datagram may lack one), `finish`
+    /// writes a CRLF first, once, so the new line is never glued onto the previous one.
     fn insert_line(&mut self, at: usize, line: Vec<u8>) -> Result<(), EditError> {
-        let buf = self.msg.as_bytes();
-        let line = if at > 0 && buf.get(at - 1) != Some(&b'\n') {
-            let mut terminated = b"\r\n".to_vec();
-            terminated.extend_from_slice(&line);
-            terminated
-        } else {
-            line
-        };
-        self.add(at, at, line)
+        self.add(at, at, line)?;
+        if let Some(last) = self.splices.last_mut() {
+            last.line = true;
+        }
+        Ok(())
     }
 
     /// Inserts a header line at the top of the header section.
@@ -361,6 +361,7 @@ impl<'m> Editor<'m> {
                 end: body_span.end(),
                 order: usize::MAX,
                 with,
+                line: false,
             });
         }
         self.splices
@@ -371,6 +372,9 @@ impl<'m> Editor<'m> {
         for s in &self.splices {
             if s.start > pos {
                 out.put_slice(&buf[pos..s.start]);
+            }
+            if s.line && !out.is_empty() && !out.ends_with(b"\n") {
+                out.put_slice(b"\r\n");
             }
             out.put_slice(&s.with);
             pos = pos.max(s.end);
