@@ -12,6 +12,7 @@
 //! - [`datagram`], [`uri`]: the whole input is the message / URI.
 //! - [`stream`]: one control byte (chunking and limits), then the stream bytes.
 //! - [`edit_round_trip`]: two bytes of edit flags, one argument byte, then the message.
+//! - [`proxy_core`]: records of source, clock advance, length and message bytes.
 
 use std::borrow::Cow;
 
@@ -949,5 +950,172 @@ impl Expected<'_> {
             "headers no edit touched changed (edits {:#05x})",
             self.done
         );
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// proxy_core
+
+/// Drives the sans-IO proxy core with a sequence of messages from chosen sources at
+/// chosen times.
+///
+/// Input: records of `[source][advance][length: u16 little-endian][bytes]`. `source`
+/// picks who sends (the PBX; one of four phones over UDP or TCP; a stranger) and, with
+/// its top bit, closes that phone's TCP connection first; `advance` moves the clock by
+/// `advance × 50 ms` (running every deadline on the way).
+///
+/// Checks, after every step:
+/// - the core never panics;
+/// - it holds at most its configured number of transactions and aliases;
+/// - every request it sends to the PBX parses and validates (it forwards only valid SIP);
+/// - it sends only to the PBX, to the allowed phone networks, or back to a source that
+///   just spoke to it (a stranger gets its 403): never anywhere else (no open relay).
+///
+/// And at the end, once every timer has run out, no transaction is left.
+pub fn proxy_core(data: &[u8]) {
+    use std::net::SocketAddr;
+    use std::time::{Duration, Instant};
+
+    use crate::config::Cidr;
+    use crate::proxy::{Flow, Listener, Proxy, ProxyConfig};
+    use crate::transport::Transport;
+
+    const MAX: usize = 16;
+    let addr = |s: &str| {
+        s.parse::<SocketAddr>()
+            .unwrap_or_else(|_| unreachable_addr())
+    };
+    let local = addr("10.0.0.1:5060");
+    let pbx = addr("10.0.0.100:5070");
+    let stranger = addr("203.0.113.9:5060");
+    let phones: Cidr = match "10.1.0.0/16".parse() {
+        Ok(c) => c,
+        Err(_) => return,
+    };
+    let mut proxy = Proxy::new(ProxyConfig {
+        listeners: vec![
+            Listener {
+                transport: Transport::Udp,
+                local,
+                advertised: local,
+            },
+            Listener {
+                transport: Transport::Tcp,
+                local,
+                advertised: local,
+            },
+        ],
+        pbx,
+        pbx_transport: Transport::Udp,
+        pbx_path: false,
+        allowed_networks: vec![phones],
+        max_transactions: MAX,
+        max_bindings: MAX,
+        max_requests_per_second_per_source: 50,
+        seed: 1,
+    });
+    let start = Instant::now();
+    let mut now = start;
+    let mut rest = data;
+    while rest.len() >= 4 {
+        let (source, advance) = (rest[0], rest[1]);
+        let len = usize::from(u16::from_le_bytes([rest[2], rest[3]])).min(rest.len() - 4);
+        let (bytes, tail) = rest[4..].split_at(len);
+        rest = tail;
+        let until = now + Duration::from_millis(u64::from(advance) * 50);
+        while let Some(at) = proxy.poll_timeout().filter(|&at| at <= until) {
+            now = now.max(at);
+            proxy.handle_timeout(now);
+            drain_checked(&mut proxy, pbx, &phones, None);
+        }
+        now = until;
+        let phone = SocketAddr::new(
+            std::net::IpAddr::V4(std::net::Ipv4Addr::new(10, 1, 0, 1 + (source >> 2 & 3))),
+            5062,
+        );
+        let conn = u64::from(source >> 2 & 3);
+        if source & 0x80 != 0 {
+            proxy.connection_closed(conn);
+        }
+        let flow = match source & 3 {
+            0 => Flow {
+                transport: Transport::Udp,
+                remote: pbx,
+                local,
+                conn: None,
+            },
+            1 => Flow {
+                transport: Transport::Udp,
+                remote: phone,
+                local,
+                conn: None,
+            },
+            2 => Flow {
+                transport: Transport::Tcp,
+                remote: phone,
+                local,
+                conn: Some(conn),
+            },
+            _ => Flow {
+                transport: Transport::Udp,
+                remote: stranger,
+                local,
+                conn: None,
+            },
+        };
+        proxy.handle_datagram(now, flow, Bytes::copy_from_slice(bytes));
+        drain_checked(&mut proxy, pbx, &phones, Some(flow.remote));
+        assert!(
+            proxy.transaction_count() <= MAX,
+            "{} transactions, limit {MAX}",
+            proxy.transaction_count()
+        );
+        assert!(
+            proxy.alias_count() <= MAX,
+            "{} aliases, limit {MAX}",
+            proxy.alias_count()
+        );
+    }
+    // let every timer run out: nothing may stay behind
+    let end = now + Duration::from_secs(24 * 3600);
+    while let Some(at) = proxy.poll_timeout().filter(|&at| at <= end) {
+        proxy.handle_timeout(at);
+        drain_checked(&mut proxy, pbx, &phones, None);
+    }
+    assert_eq!(
+        proxy.transaction_count(),
+        0,
+        "transactions outlived every timer"
+    );
+    assert_eq!(proxy.alias_count(), 0, "aliases outlived their lifetime");
+}
+
+fn unreachable_addr() -> std::net::SocketAddr {
+    std::net::SocketAddr::from(([0, 0, 0, 0], 0))
+}
+
+fn drain_checked(
+    proxy: &mut crate::proxy::Proxy,
+    pbx: std::net::SocketAddr,
+    phones: &crate::config::Cidr,
+    sender: Option<std::net::SocketAddr>,
+) {
+    while let Some(out) = proxy.poll_transmit() {
+        let to = out.flow.remote;
+        assert!(
+            to == pbx || phones.contains(to.ip()) || Some(to) == sender,
+            "sent to {to}: neither the PBX, a phone network, nor the sender"
+        );
+        // a request forwarded to the PBX must be valid SIP (a response may echo the
+        // malformed headers of the request it answers, as RFC 3261 §8.2.6 requires)
+        let forwarded_request = to == pbx && !out.bytes.starts_with(b"SIP/");
+        if forwarded_request {
+            let msg = Message::parse(out.bytes.clone()).unwrap_or_else(|e| {
+                panic!("forwarded an unparseable request ({e}): {:?}", out.bytes)
+            });
+            if let Err(e) = msg.validate() {
+                panic!("forwarded an invalid request ({e}): {:?}", out.bytes);
+            }
+        }
     }
 }

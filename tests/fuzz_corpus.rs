@@ -108,3 +108,8 @@ fn every_known_open_seed_exists_and_is_replayed() {
         );
     }
 }
+
+#[test]
+fn proxy_core_corpus() {
+    replay("proxy_core", fuzzing::proxy_core);
+}
