@@ -48,13 +48,14 @@ if [[ $what == rates || $what == all ]]; then
 fi
 
 latency() {
-  local port=$1 dir=$work/rtt.$port
+  local port=$1
+  local dir=$work/rtt.$port
   mkdir -p "$dir"
   (cd "$dir" && timeout 120 sipp -sn uac "127.0.0.1:$port" -i 127.0.0.1 -p 5090 -r 1000 -m 20000 \
     -nostdin -trace_rtt -rtt_freq 1 >/dev/null 2>&1 || true)
   # columns: Date_ms;response_time_ms;rtd_no; the uac scenario's rtd 1 is INVITE -> 200
   cat "$dir"/*_rtt.csv | awk -F';' 'NR > 1 && $2 ~ /^[0-9.]+$/ {print $2}' | sort -n | \
-    awk '{a[NR]=$1} END { if (NR) printf "n=%d p50=%.3fms p99=%.3fms max=%.3fms\n", NR, a[int(NR*0.5)], a[int(NR*0.99)], a[NR] }'
+    awk '{a[NR]=$1; if ($1 >= 1) slow++} END { if (NR) printf "n=%d p50=%.3fms p99=%.3fms max=%.3fms at_or_above_1ms=%.2f%% (SIPp resolution: 1 ms)\n", NR, a[int(NR*0.5)], a[int(NR*0.99)], a[NR], 100*slow/NR }'
 }
 
 if [[ $what == latency || $what == all ]]; then

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tracing::{debug, warn};
 
-use super::flow::{ALIAS_PARAM, AliasTable, ConnId, Flow, parse_token, token_text};
+use super::flow::{ALIAS_PARAM, AliasTable, ConnId, Flow, parse_token, push_hex, token_text};
 use super::limits::RateLimiter;
 use super::timers::{Deadline, T1, T2, TIMEOUT, TIMER_C, TimerKind, TimerQueue};
 use super::transaction::{ClientState, KeyMethod, ServerKey, ServerState, Txn};
@@ -122,6 +122,8 @@ pub struct Proxy {
     next_sweep: Option<Instant>,
     stats: Stats,
     draining: bool,
+    /// `host:port` of each listener's advertised address, written once.
+    listener_texts: Vec<(SocketAddr, String)>,
 }
 
 /// Formats an address as a SIP host:port (IPv6 in brackets).
@@ -150,6 +152,11 @@ impl Proxy {
     /// A proxy with no state yet.
     pub fn new(config: ProxyConfig) -> Self {
         let aliases = AliasTable::new(config.seed, config.max_bindings);
+        let listener_texts = config
+            .listeners
+            .iter()
+            .map(|l| (l.advertised, host_port(l.advertised)))
+            .collect();
         let limiter = RateLimiter::new(config.max_requests_per_second_per_source);
         Self {
             config,
@@ -163,6 +170,7 @@ impl Proxy {
             next_sweep: None,
             stats: Stats::default(),
             draining: false,
+            listener_texts,
         }
     }
 
@@ -242,7 +250,12 @@ impl Proxy {
     /// A whole message arrived (a datagram already parsed, or framed from a stream).
     pub fn handle_message(&mut self, now: Instant, flow: Flow, msg: Message) {
         self.arm_sweep(now);
-        if let Err(e) = msg.validate() {
+        let checked = if msg.is_request() {
+            msg.validate()
+        } else {
+            msg.validate_response()
+        };
+        if let Err(e) = checked {
             self.stats.parse_errors += 1;
             self.reject_invalid(flow, &msg, &e);
             return;
@@ -323,7 +336,10 @@ impl Proxy {
     /// seed, so a response finds its transaction without a second table, and branches
     /// are unique per proxy run without being a visible counter.
     fn new_branch(&mut self, id: u64) -> String {
-        format!("{BRANCH_PREFIX}{:016x}", scramble(id, self.config.seed))
+        let mut branch = String::with_capacity(BRANCH_PREFIX.len() + 16);
+        branch.push_str(BRANCH_PREFIX);
+        push_hex(&mut branch, scramble(id, self.config.seed));
+        branch
     }
 
     /// The transaction a branch of ours names, if it is one.
@@ -406,6 +422,14 @@ impl Proxy {
             remote: self.config.pbx,
             local: listener.local,
             conn: None,
+        }
+    }
+
+    /// `host:port` of a listener's advertised address.
+    fn addr_text(&self, addr: SocketAddr) -> std::borrow::Cow<'_, str> {
+        match self.listener_texts.iter().find(|(a, _)| *a == addr) {
+            Some((_, text)) => std::borrow::Cow::Borrowed(text),
+            None => std::borrow::Cow::Owned(host_port(addr)),
         }
     }
 
@@ -747,9 +771,14 @@ impl Proxy {
             let double = in_listener.advertised != out_listener.advertised
                 || in_listener.transport != out_listener.transport;
             let rr = |l: Listener, r2: bool| {
-                let mut v = format!("<sip:{token}@{}", host_port(l.advertised));
+                let mut v = String::with_capacity(64);
+                v.push_str("<sip:");
+                v.push_str(&token);
+                v.push('@');
+                v.push_str(&self.addr_text(l.advertised));
                 if l.transport != Transport::Udp {
-                    let _ = write!(v, ";transport={}", l.transport.uri_param());
+                    v.push_str(";transport=");
+                    v.push_str(l.transport.uri_param());
                 }
                 v.push_str(";lr");
                 if r2 {
@@ -785,11 +814,14 @@ impl Proxy {
                 self.alias_register_contacts(now, flow, msg, &mut edit, out_listener)?;
             }
         }
-        let via = format!(
-            "SIP/2.0/{} {};branch={branch};rport",
-            out_listener.transport.via_token(),
-            host_port(out_listener.advertised)
-        );
+        let mut via = String::with_capacity(64);
+        via.push_str("SIP/2.0/");
+        via.push_str(out_listener.transport.via_token());
+        via.push(' ');
+        via.push_str(&self.addr_text(out_listener.advertised));
+        via.push_str(";branch=");
+        via.push_str(branch);
+        via.push_str(";rport");
         edit.push_via(via.as_bytes());
         Ok(edit.finish())
     }

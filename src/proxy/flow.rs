@@ -216,7 +216,17 @@ impl AliasTable {
 
 /// Formats a token as it appears in URIs.
 pub fn token_text(token: u64) -> String {
-    format!("{token:016x}")
+    let mut text = String::with_capacity(16);
+    push_hex(&mut text, token);
+    text
+}
+
+/// Appends a u64 as 16 lowercase hex digits (no `format!` on the per-message path).
+pub fn push_hex(out: &mut String, value: u64) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for shift in (0..16).rev() {
+        out.push(char::from(HEX[((value >> (shift * 4)) & 0xf) as usize]));
+    }
 }
 
 /// Reads a token written by [`token_text`].

@@ -976,6 +976,49 @@ impl Message {
         Ok(())
     }
 
+    /// The checks a proxy needs before relaying a *response*: every Via parses (they
+    /// route it back), CSeq parses (it names the transaction's method), Call-ID, From
+    /// and To are present once. Display names and URIs of From/To/Contact are not
+    /// parsed: a response is relayed as it came, and only requests are answered with
+    /// 400 for defects there (RFC 4475 §3.1.2 is about requests and their parsers).
+    pub fn validate_response(&self) -> Result<(), ParseError> {
+        let mut count = [0usize; 4];
+        for field in &self.fields {
+            let slot = match field.name {
+                HeaderName::CallId => 0,
+                HeaderName::CSeq => 1,
+                HeaderName::From => 2,
+                HeaderName::To => 3,
+                HeaderName::Via => {
+                    let span = field.value;
+                    if ListIter::new(self.slice(span)).next().is_none() {
+                        return Err(ParseError::in_header(ParseErrorKind::BadHeaderValue, span.start(), HeaderName::Via));
+                    }
+                    ListIter::new(self.slice(span))
+                        .try_for_each(|r| self.check_sub(HeaderName::Via, span, r, Via::parse))?;
+                    continue;
+                }
+                _ => continue,
+            };
+            count[slot] += 1;
+            if count[slot] > 1 {
+                return Err(ParseError::in_header(ParseErrorKind::DuplicateHeader, field.name_span.start(), field.name));
+            }
+            if field.name == HeaderName::CSeq {
+                self.check_single(HeaderName::CSeq, field.value, CSeq::parse)?;
+            }
+        }
+        for (slot, name) in [(0, HeaderName::CallId), (1, HeaderName::CSeq), (2, HeaderName::From), (3, HeaderName::To)] {
+            if count[slot] == 0 {
+                return Err(ParseError::in_header(ParseErrorKind::MissingHeader, self.head_end, name));
+            }
+        }
+        if self.header(HeaderName::Via).is_none() {
+            return Err(ParseError::in_header(ParseErrorKind::MissingHeader, self.head_end, HeaderName::Via));
+        }
+        Ok(())
+    }
+
     fn check_single<'a, T>(
         &'a self,
         name: HeaderName,
