@@ -9,31 +9,12 @@ use std::process::ExitCode;
 use bytes::Bytes;
 use presence_proxy::sip::Message;
 
+#[path = "../benches/support/proxy_reads.rs"]
+mod support;
+use support::proxy_reads;
+
 const INVITE: &[u8] = include_bytes!("../sip-traces/bench/invite-1k-sdp.sip");
 const NOTIFY: &[u8] = include_bytes!("../sip-traces/bench/notify-dialog-info.sip");
-
-fn accessors(msg: &Message) -> usize {
-    let mut n = 0;
-    if let Some(Ok(via)) = msg.top_via() {
-        n += via.branch().map_or(0, <[u8]>::len);
-    }
-    if let Some(Ok(from)) = msg.from() {
-        n += from.tag().map_or(0, <[u8]>::len);
-    }
-    if let Some(Ok(to)) = msg.to() {
-        n += to.tag().map_or(0, <[u8]>::len);
-    }
-    if let Some(Ok(call_id)) = msg.call_id() {
-        n += call_id.len();
-    }
-    if let Some(Ok(cseq)) = msg.cseq() {
-        n += cseq.seq() as usize;
-    }
-    if let Some(Ok(route)) = msg.routes().next() {
-        n += route.uri().as_bytes().len();
-    }
-    n
-}
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
@@ -49,7 +30,7 @@ fn main() -> ExitCode {
     let mut total = 0usize;
     for _ in 0..count {
         match Message::parse(black_box(Bytes::from_static(raw))) {
-            Ok(msg) if mode == "accessors" => total += accessors(&msg),
+            Ok(msg) if mode == "accessors" => total += proxy_reads(&msg),
             Ok(msg) => total += msg.fields().len(),
             Err(e) => {
                 eprintln!("benchmark message does not parse: {e}");

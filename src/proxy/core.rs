@@ -947,16 +947,24 @@ impl Proxy {
             return;
         }
         match txn.client_state {
-            ClientState::Proceeding => {
-                txn.cancelled = true;
-                if let Some(req) = txn.forwarded() {
-                    let cancel = cancel_for(&req);
-                    let to = txn.downstream;
-                    self.send(to, cancel);
-                }
-            }
+            ClientState::Proceeding => self.cancel_downstream(id),
             ClientState::Calling => txn.cancel_pending = true,
             _ => {}
+        }
+    }
+
+    /// Sends the CANCEL for a forwarded INVITE downstream (same branch, §9.1), once.
+    fn cancel_downstream(&mut self, id: u64) {
+        let Some(txn) = self.txns.get_mut(&id) else {
+            return;
+        };
+        if txn.cancelled {
+            return;
+        }
+        txn.cancelled = true;
+        if let Some(req) = txn.forwarded() {
+            let flow = txn.downstream;
+            self.send(flow, cancel_for(&req));
         }
     }
 
@@ -1002,15 +1010,7 @@ impl Proxy {
                 if invite {
                     txn.generations[TimerKind::Retransmit.index()] += 1;
                     if txn.cancel_pending && !txn.cancelled {
-                        txn.cancelled = true;
-                        if let Some(req) = txn.forwarded() {
-                            let cancel = cancel_for(&req);
-                            let to = txn.downstream;
-                            self.out.push_back(Transmit {
-                                flow: to,
-                                bytes: cancel,
-                            });
-                        }
+                        self.cancel_downstream(id);
                     }
                     self.schedule(id, TimerKind::InviteRinging, now + TIMER_C);
                     // the next hop is alive: timer B no longer applies, timer C does
@@ -1262,15 +1262,7 @@ impl Proxy {
                 let ringing = kind == TimerKind::InviteRinging;
                 if ringing && !txn.cancelled {
                     // timer C: cancel the branch; answer 408 if nothing comes back
-                    txn.cancelled = true;
-                    if let Some(req) = txn.forwarded() {
-                        let cancel = cancel_for(&req);
-                        let to = txn.downstream;
-                        self.out.push_back(Transmit {
-                            flow: to,
-                            bytes: cancel,
-                        });
-                    }
+                    self.cancel_downstream(id);
                     self.schedule(id, TimerKind::Timeout, now + TIMEOUT);
                     return;
                 }

@@ -992,7 +992,11 @@ impl Message {
                 HeaderName::Via => {
                     let span = field.value;
                     if ListIter::new(self.slice(span)).next().is_none() {
-                        return Err(ParseError::in_header(ParseErrorKind::BadHeaderValue, span.start(), HeaderName::Via));
+                        return Err(ParseError::in_header(
+                            ParseErrorKind::BadHeaderValue,
+                            span.start(),
+                            HeaderName::Via,
+                        ));
                     }
                     ListIter::new(self.slice(span))
                         .try_for_each(|r| self.check_sub(HeaderName::Via, span, r, Via::parse))?;
@@ -1002,19 +1006,36 @@ impl Message {
             };
             count[slot] += 1;
             if count[slot] > 1 {
-                return Err(ParseError::in_header(ParseErrorKind::DuplicateHeader, field.name_span.start(), field.name));
+                return Err(ParseError::in_header(
+                    ParseErrorKind::DuplicateHeader,
+                    field.name_span.start(),
+                    field.name,
+                ));
             }
             if field.name == HeaderName::CSeq {
                 self.check_single(HeaderName::CSeq, field.value, CSeq::parse)?;
             }
         }
-        for (slot, name) in [(0, HeaderName::CallId), (1, HeaderName::CSeq), (2, HeaderName::From), (3, HeaderName::To)] {
+        for (slot, name) in [
+            (0, HeaderName::CallId),
+            (1, HeaderName::CSeq),
+            (2, HeaderName::From),
+            (3, HeaderName::To),
+        ] {
             if count[slot] == 0 {
-                return Err(ParseError::in_header(ParseErrorKind::MissingHeader, self.head_end, name));
+                return Err(ParseError::in_header(
+                    ParseErrorKind::MissingHeader,
+                    self.head_end,
+                    name,
+                ));
             }
         }
         if self.header(HeaderName::Via).is_none() {
-            return Err(ParseError::in_header(ParseErrorKind::MissingHeader, self.head_end, HeaderName::Via));
+            return Err(ParseError::in_header(
+                ParseErrorKind::MissingHeader,
+                self.head_end,
+                HeaderName::Via,
+            ));
         }
         Ok(())
     }
