@@ -3,14 +3,23 @@
 //!
 //! # Layout
 //!
+//! ```text
+//!  phones ──UDP/TCP/TLS──▶ runtime ──(now, message)──▶ proxy core ──▶ transmits ──▶ PBX
+//!                         (tokio)    sans-IO, built on the sip wire layer
+//! ```
+//!
 //! - [`sip`]: the wire layer. Bytes in, a zero-copy message view out; edits that
 //!   change only what a proxy may change; stream framing. No I/O, no clock.
-//! - [`inspect`]: the `presence-proxy inspect` command: check captured messages.
+//! - [`proxy`]: the stateful proxy core (RFC 3261 §16/§17), sans-IO: messages and time
+//!   come in as arguments, messages to send and the next deadline go out.
+//! - [`runtime`]: the only tokio code: sockets, the driver task, connections, drain.
 //! - [`config`]: the configuration file, parsed into validated settings.
 //! - [`telemetry`]: logging setup from `[log]`.
+//! - [`transport`]: UDP/TCP/TLS as config, Via and URIs name them.
+//! - [`inspect`], [`demo`]: the `inspect` and `demo` commands.
 //!
-//! Later layers (proxy core, observation, BLF, sync, Graph, store, web, runtime) are
-//! described in `ARCHITECTURE.md`; each is sans-IO except the runtime.
+//! Layers still to come (observation of phone state, BLF, sync, Graph, store, web)
+//! follow the same rule: protocol logic sans-IO, one tokio shell around it.
 
 #![forbid(unsafe_code)]
 
