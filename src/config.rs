@@ -137,6 +137,11 @@ pub struct PbxConfig {
     pub transport: Transport,
     /// `pbx.path`: whether the PBX supports Path (RFC 3327).
     pub path: bool,
+    /// `pbx.tls_ca`: PEM file of the certificate(s) that sign the PBX's TLS certificate
+    /// (required, and checked, when `transport` is TLS).
+    pub tls_ca: Option<PathBuf>,
+    /// `pbx.tls_server_name`: the name the PBX's certificate must carry (default: host).
+    pub tls_server_name: Option<String>,
 }
 
 impl PbxConfig {
@@ -572,6 +577,8 @@ struct RawPbx {
     port: Option<Spanned<Int>>,
     transport: Option<Str>,
     path: Option<bool>,
+    tls_ca: Option<Str>,
+    tls_server_name: Option<Str>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -914,6 +921,7 @@ impl Source<'_> {
                 }
             }
         };
+        let transport_span = raw.transport.as_ref().map(|t| t.span());
         let transport = match raw.transport {
             None => Transport::Udp,
             Some(text) => Transport::from_token(text.get_ref().as_bytes()).ok_or_else(|| {
@@ -927,11 +935,37 @@ impl Source<'_> {
                 )
             })?,
         };
+        let tls = transport == Transport::Tls;
+        let tls_ca = match &raw.tls_ca {
+            Some(path) => Some(self.pem_file(path, "pbx.tls_ca", tls)?),
+            None if tls => {
+                let span = transport_span.unwrap_or(raw.host.span());
+                return Err(self.invalid(
+                    span,
+                    "pbx.tls_ca",
+                    "pbx.transport = \"tls\" needs pbx.tls_ca: the PEM file of the CA that signed the PBX's certificate".to_owned(),
+                ));
+            }
+            None => None,
+        };
+        let tls_server_name = match raw.tls_server_name {
+            Some(name) if name.get_ref().is_empty() => {
+                return Err(self.invalid(
+                    name.span(),
+                    "pbx.tls_server_name",
+                    "empty name".to_owned(),
+                ));
+            }
+            Some(name) => Some(name.into_inner()),
+            None => None,
+        };
         Ok(PbxConfig {
             host,
             port,
             transport,
             path: raw.path.unwrap_or(false),
+            tls_ca,
+            tls_server_name,
         })
     }
 

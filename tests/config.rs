@@ -162,6 +162,14 @@ fn optional_sections_take_their_defaults() {
 
 #[test]
 fn pbx_tls_defaults_to_port_5061_and_other_values_parse() {
+    let dir = std::env::temp_dir().join(format!("pp-tls-5061-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca = dir.join("ca.pem");
+    std::fs::write(
+        &ca,
+        "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
     let text = r#"
 [log]
 format = "json"
@@ -174,12 +182,15 @@ udp = ["[::1]:5060", "127.0.0.1:5060"]
 host = "[2001:db8::20]"
 transport = "tls"
 path = true
+tls_ca = "CA"
 
 [limits]
 max_message_size = 1500
 shutdown_grace_seconds = 0
-"#;
-    let config = Config::from_toml(text, Path::new(FILE)).unwrap();
+"#
+    .replace("\"CA\"", &format!("{:?}", ca.display().to_string()));
+    let config = Config::from_toml(&text, Path::new(FILE)).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
     assert_eq!(config.log.format, LogFormat::Json);
     assert_eq!(config.log.level, "presence_proxy::proxy=debug,info");
     assert_eq!(
@@ -674,4 +685,30 @@ fn check_config_command() {
     let (ok, _, stderr) = check_config(&dir.join("absent.toml"));
     assert!(!ok);
     assert!(stderr.contains("absent.toml:1:1: cannot read"), "{stderr}");
+}
+
+#[test]
+fn tls_towards_the_pbx_needs_its_ca() {
+    let text = "[listen]\nudp = [\"127.0.0.1:5060\"]\n\n[pbx]\nhost = \"192.0.2.20\"\ntransport = \"tls\"\n";
+    let err = Config::from_toml(text, Path::new(FILE)).unwrap_err();
+    assert_eq!((err.line(), err.key()), (6, "pbx.tls_ca"), "{err}");
+    let dir = std::env::temp_dir().join(format!("pp-pbx-ca-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca = dir.join("ca.pem");
+    std::fs::write(
+        &ca,
+        "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    let ok = format!(
+        "{text}tls_ca = {:?}\ntls_server_name = \"pbx.example.com\"\n",
+        ca.display().to_string()
+    );
+    let config = Config::from_toml(&ok, Path::new(FILE)).unwrap();
+    assert_eq!(config.pbx.tls_ca.as_deref(), Some(ca.as_path()));
+    assert_eq!(
+        config.pbx.tls_server_name.as_deref(),
+        Some("pbx.example.com")
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
 }

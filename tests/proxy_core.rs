@@ -956,3 +956,28 @@ Content-Length: 0
         "over the phone's own connection"
     );
 }
+
+#[test]
+fn an_unreachable_next_hop_is_answered_503_at_once() {
+    let mut cfg = config();
+    cfg.pbx_transport = Transport::Tcp;
+    let mut net = Net::with(cfg);
+    let out = net.receive(PHONE, &invite("unreach", "z9hG4bK-u"));
+    let fwd = out
+        .iter()
+        .find(|t| t.flow.remote == addr(PBX))
+        .expect("sent towards the PBX");
+    assert_eq!(fwd.flow.transport, Transport::Tcp);
+    assert!(parse(fwd).top_via().unwrap().unwrap().transport() == b"TCP");
+    net.proxy
+        .transport_error(net.now, Transport::Tcp, addr(PBX));
+    let answer = only_to(&net.drain(), PHONE);
+    assert_eq!(status(&answer), 503);
+    assert!(answer.to().unwrap().unwrap().tag().is_some());
+    assert_eq!(
+        values(&answer, HeaderName::Via).len(),
+        1,
+        "our own Via is not in the answer"
+    );
+    assert_eq!(net.proxy.pending_transaction_count(), 0);
+}

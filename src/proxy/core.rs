@@ -816,7 +816,9 @@ impl Proxy {
         }
         let mut via = String::with_capacity(64);
         via.push_str("SIP/2.0/");
-        via.push_str(out_listener.transport.via_token());
+        // the transport actually used to send (RFC 3261 §18.1.1), even when no
+        // listener of that transport exists (TLS to the PBX without a TLS listener)
+        via.push_str(target.flow.transport.via_token());
         via.push(' ');
         via.push_str(&self.addr_text(out_listener.advertised));
         via.push_str(";branch=");
@@ -1266,28 +1268,7 @@ impl Proxy {
                     self.schedule(id, TimerKind::Timeout, now + TIMEOUT);
                     return;
                 }
-                txn.client_state = ClientState::Terminated;
-                let upstream = txn.upstream;
-                let request = txn.forwarded();
-                txn.request = None;
-                let proceeding = txn.server_state == ServerState::Proceeding;
-                self.stop_client_timers(id);
-                if proceeding {
-                    warn!(txn = id, "no final response from the next hop: 408");
-                    if let Some(req) = request {
-                        // the original request is gone; the forwarded one has our Via on
-                        // top: answer from it with our Via popped
-                        if let Some(response) = timeout_response(&req, &self.tag_for(&req)) {
-                            if let Some(txn) = self.txns.get_mut(&id) {
-                                txn.server_state = ServerState::Completed;
-                                txn.last_response = Some(response.clone());
-                            }
-                            self.stats.responses_generated += 1;
-                            self.send(upstream, response);
-                        }
-                    }
-                }
-                self.schedule(id, TimerKind::Expire, now + TIMEOUT);
+                self.give_up(now, id, 408, "Request Timeout");
             }
             TimerKind::ResponseRetransmit => {
                 if txn.server_state != ServerState::Completed {
@@ -1307,6 +1288,65 @@ impl Proxy {
         }
     }
 
+    /// Ends the client side without a final response from the next hop and, if the
+    /// sender is still waiting, answers it (408 on timeout, 503 when the next hop could
+    /// not be reached, RFC 3261 §16.7 step 5 / §18.4).
+    fn give_up(&mut self, now: Instant, id: u64, code: u16, reason: &str) {
+        let Some(txn) = self.txns.get_mut(&id) else {
+            return;
+        };
+        txn.client_state = ClientState::Terminated;
+        let upstream = txn.upstream;
+        let request = txn.forwarded();
+        txn.request = None;
+        let waiting = txn.server_state == ServerState::Proceeding;
+        self.stop_client_timers(id);
+        if waiting {
+            warn!(txn = id, code, "no final response from the next hop");
+            // the original request is gone; the forwarded one has our Via on top:
+            // answer from it with our Via popped
+            if let Some(req) = request {
+                if let Some(response) = local_response(&req, code, reason, &self.tag_for(&req)) {
+                    if let Some(txn) = self.txns.get_mut(&id) {
+                        txn.server_state = ServerState::Completed;
+                        txn.last_response = Some(response.clone());
+                    }
+                    self.stats.responses_generated += 1;
+                    self.send(upstream, response);
+                    if self
+                        .txns
+                        .get(&id)
+                        .is_some_and(|t| t.is_invite() && upstream.transport == Transport::Udp)
+                    {
+                        self.schedule(id, TimerKind::ResponseRetransmit, now + T1);
+                    }
+                }
+            }
+        }
+        self.schedule(id, TimerKind::Expire, now + TIMEOUT);
+    }
+
+    /// The next hop could not be reached over `transport` at `remote` (connection
+    /// refused, TLS verification failed): every request waiting on it is answered 503.
+    pub fn transport_error(&mut self, now: Instant, transport: Transport, remote: SocketAddr) {
+        let failed: Vec<u64> = self
+            .txns
+            .values()
+            .filter(|t| {
+                t.downstream.transport == transport
+                    && t.downstream.remote == remote
+                    && matches!(
+                        t.client_state,
+                        ClientState::Calling | ClientState::Proceeding
+                    )
+            })
+            .map(|t| t.id)
+            .collect();
+        for id in failed {
+            self.give_up(now, id, 503, "Service Unavailable");
+        }
+    }
+
     fn remove(&mut self, id: u64) {
         if let Some(txn) = self.txns.remove(&id) {
             self.by_server_key.remove(&txn.server_key);
@@ -1314,14 +1354,14 @@ impl Proxy {
     }
 }
 
-/// A 408 for a forwarded request whose next hop never answered: built from the
-/// forwarded copy with our Via removed.
-fn timeout_response(forwarded: &Message, tag: &str) -> Option<Bytes> {
+/// A response the proxy generates for a forwarded request whose next hop never
+/// answered: built from the forwarded copy with our Via removed.
+fn local_response(forwarded: &Message, code: u16, reason: &str, tag: &str) -> Option<Bytes> {
     let mut edit = Editor::new(forwarded);
     edit.pop_via().ok()?;
     let original = Message::parse(edit.finish()).ok()?;
     Some(
-        ResponseBuilder::new(&original, 408, "Request Timeout")
+        ResponseBuilder::new(&original, code, reason)
             .to_tag(tag)
             .build(),
     )

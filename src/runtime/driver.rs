@@ -4,18 +4,16 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::net::UdpSocket;
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use super::Event;
 use super::stream::{self, Shared};
 use crate::proxy::{Flow, Proxy, ProxyConfig, Transmit};
-use crate::sip::Limits;
 use crate::transport::Transport;
 
 #[derive(Debug)]
@@ -47,10 +45,7 @@ impl Driver {
     pub(super) fn new(
         config: ProxyConfig,
         udp: Vec<(SocketAddr, Arc<UdpSocket>)>,
-        events: mpsc::Sender<Event>,
-        conn_ids: Arc<AtomicU64>,
-        limits: Limits,
-        slots: Arc<Semaphore>,
+        shared: Shared,
     ) -> Self {
         Self {
             proxy: Proxy::new(config),
@@ -58,12 +53,7 @@ impl Driver {
             conns: HashMap::new(),
             by_remote: HashMap::new(),
             pending: HashMap::new(),
-            shared: Shared {
-                events,
-                conn_ids,
-                limits,
-                slots,
-            },
+            shared,
         }
     }
 
@@ -212,6 +202,7 @@ impl Driver {
                 if let Some(dropped) = self.pending.remove(&(transport, remote)) {
                     warn!(remote = %remote, transport = %transport, dropped = dropped.len(), "could not connect: messages dropped");
                 }
+                self.proxy.transport_error(now, transport, remote);
             }
         }
     }

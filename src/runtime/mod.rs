@@ -166,12 +166,11 @@ fn listener(transport: Transport, local: SocketAddr, config: &Config) -> Listene
 
 /// Binds the listeners and starts the proxy.
 pub async fn start(config: &Config) -> Result<RuntimeHandle, RuntimeError> {
-    if config.pbx.transport == Transport::Tls {
-        return Err(RuntimeError::Unsupported(
-            "pbx.transport = \"tls\" is not supported yet: use udp or tcp towards the PBX",
-        ));
-    }
     let pbx = resolve_pbx(config).await?;
+    let pbx_tls = match config.pbx.transport {
+        Transport::Tls => Some((pbx, tls::pbx_connector(&config.pbx)?)),
+        _ => None,
+    };
     let (events_tx, events_rx) = mpsc::channel(8192);
     let conn_ids = Arc::new(AtomicU64::new(1));
     let limits = Limits {
@@ -245,6 +244,7 @@ pub async fn start(config: &Config) -> Result<RuntimeHandle, RuntimeError> {
                     conn_ids: conn_ids.clone(),
                     limits,
                     slots: connection_slots.clone(),
+                    pbx_tls: pbx_tls.clone(),
                 },
             )));
             listeners.push(listener(transport, local, config));
@@ -269,10 +269,13 @@ pub async fn start(config: &Config) -> Result<RuntimeHandle, RuntimeError> {
     let driver = driver::Driver::new(
         proxy_config,
         udp_sockets,
-        events_tx,
-        conn_ids,
-        limits,
-        connection_slots,
+        stream::Shared {
+            events: events_tx,
+            conn_ids,
+            limits,
+            slots: connection_slots,
+            pbx_tls,
+        },
     );
     let driver = tokio::spawn(driver.run(events_rx, shutdown_rx, config.limits.shutdown_grace));
     Ok(RuntimeHandle {

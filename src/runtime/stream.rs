@@ -30,6 +30,8 @@ pub(super) struct Shared {
     pub(super) conn_ids: Arc<AtomicU64>,
     pub(super) limits: Limits,
     pub(super) slots: Arc<Semaphore>,
+    /// TLS towards the PBX (only the PBX: phones reach the proxy, not the reverse).
+    pub(super) pbx_tls: Option<(SocketAddr, super::tls::PbxTls)>,
 }
 
 pub(super) async fn accept_loop(
@@ -77,28 +79,54 @@ pub(super) async fn accept_loop(
     }
 }
 
-/// Opens a connection to `remote` for the driver (TCP; TLS towards peers is refused at
-/// start-up until supported).
+/// Opens a connection to `remote` for the driver: TCP, or TLS to the PBX (verified
+/// against `pbx.tls_ca`). TLS to anyone else is refused: a phone whose TLS connection
+/// closed has to connect again itself.
 pub(super) async fn connect(transport: Transport, remote: SocketAddr, shared: Shared) {
-    let Ok(permit) = shared.slots.clone().try_acquire_owned() else {
+    let failed = |shared: Shared| async move {
         let _ = shared
             .events
             .send(Event::ConnectFailed { transport, remote })
             .await;
-        return;
     };
-    match tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(remote)).await {
-        Ok(Ok(stream)) => {
-            let _ = stream.set_nodelay(true);
-            let local = stream.local_addr().unwrap_or(remote);
-            serve(stream, transport, remote, local, shared, permit).await;
-        }
-        _ => {
-            debug!(remote = %remote, "connect failed");
-            let _ = shared
-                .events
-                .send(Event::ConnectFailed { transport, remote })
-                .await;
+    let tls = match transport {
+        Transport::Tls => match &shared.pbx_tls {
+            Some((pbx, tls)) if *pbx == remote => Some(tls.clone()),
+            _ => {
+                debug!(remote = %remote, "no outbound TLS except to the PBX");
+                return failed(shared).await;
+            }
+        },
+        _ => None,
+    };
+    let Ok(permit) = shared.slots.clone().try_acquire_owned() else {
+        return failed(shared).await;
+    };
+    let stream =
+        match tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(remote)).await {
+            Ok(Ok(stream)) => stream,
+            _ => {
+                debug!(remote = %remote, "connect failed");
+                return failed(shared).await;
+            }
+        };
+    let _ = stream.set_nodelay(true);
+    let local = stream.local_addr().unwrap_or(remote);
+    match tls {
+        None => serve(stream, transport, remote, local, shared, permit).await,
+        Some(tls) => {
+            let handshake = tls.connector.connect(tls.server_name.clone(), stream);
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+                Ok(Ok(stream)) => serve(stream, transport, remote, local, shared, permit).await,
+                Ok(Err(e)) => {
+                    warn!(remote = %remote, error = %e, "TLS to the PBX failed");
+                    failed(shared).await;
+                }
+                Err(_) => {
+                    warn!(remote = %remote, "TLS handshake with the PBX timed out");
+                    failed(shared).await;
+                }
+            }
         }
     }
 }

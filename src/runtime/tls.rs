@@ -1,14 +1,70 @@
-//! TLS server setup from the configured certificate chain and private key (PEM).
+//! TLS setup: the server side from the configured certificate chain and private key,
+//! and the client side towards the PBX, trusting only the configured CA (PEM).
 
 use std::sync::Arc;
 
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use tokio_rustls::TlsAcceptor;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio_rustls::rustls;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use super::RuntimeError;
-use crate::config::TlsConfig;
+use crate::config::{PbxConfig, TlsConfig};
+
+/// What an outbound TLS connection to the PBX needs.
+#[derive(Clone)]
+pub(super) struct PbxTls {
+    pub(super) connector: TlsConnector,
+    pub(super) server_name: ServerName<'static>,
+}
+
+impl std::fmt::Debug for PbxTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PbxTls")
+            .field("server_name", &self.server_name)
+            .finish()
+    }
+}
+
+/// The client configuration for `pbx.transport = "tls"`: trusts the certificates in
+/// `pbx.tls_ca` only, and checks the name `pbx.tls_server_name` (default: the host).
+pub(super) fn pbx_connector(pbx: &PbxConfig) -> Result<PbxTls, RuntimeError> {
+    let Some(ca) = &pbx.tls_ca else {
+        return Err(RuntimeError::Unsupported(
+            "pbx.transport = \"tls\" needs pbx.tls_ca",
+        ));
+    };
+    let fail = |reason: String| RuntimeError::Tls {
+        path: ca.clone(),
+        reason,
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    let certs = CertificateDer::pem_file_iter(ca)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| fail(e.to_string()))?;
+    for cert in certs {
+        roots.add(cert).map_err(|e| fail(e.to_string()))?;
+    }
+    if roots.is_empty() {
+        return Err(fail("no certificate in the file".into()));
+    }
+    let name = pbx
+        .tls_server_name
+        .clone()
+        .unwrap_or_else(|| pbx.host.clone());
+    let server_name =
+        ServerName::try_from(name).map_err(|e| fail(format!("bad server name: {e}")))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| fail(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(PbxTls {
+        connector: TlsConnector::from(Arc::new(client)),
+        server_name,
+    })
+}
 
 pub(super) fn acceptor(config: &TlsConfig) -> Result<TlsAcceptor, RuntimeError> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&config.certificate)
