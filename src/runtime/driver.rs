@@ -69,6 +69,11 @@ impl Driver {
         let mut datagram = vec![0u8; MAX_DATAGRAM];
         let mut drain_until: Option<Instant> = None;
         let mut last_tick = Instant::now();
+        // one timer for the driver's whole life, moved only when the next deadline moves:
+        // a fresh sleep per loop turn would register and cancel a timer per datagram
+        let sleep = tokio::time::sleep(Duration::from_secs(3600));
+        tokio::pin!(sleep);
+        let mut armed: Option<Instant> = None;
         loop {
             let timer = self
                 .proxy
@@ -78,6 +83,12 @@ impl Driver {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
+            if wake != armed {
+                if let Some(at) = wake {
+                    sleep.as_mut().reset(tokio::time::Instant::from_std(at));
+                }
+                armed = wake;
+            }
             tokio::select! {
                 biased;
                 n = events.recv_many(&mut batch, 64) => {
@@ -102,7 +113,8 @@ impl Driver {
                         }
                     }
                 }
-                _ = sleep_until(wake) => {
+                () = &mut sleep, if armed.is_some() => {
+                    armed = None;
                     last_tick = Instant::now();
                     self.proxy.handle_timeout(last_tick);
                 }
@@ -283,13 +295,6 @@ async fn recv_primary(
 ) -> std::io::Result<(usize, SocketAddr)> {
     match socket {
         Some((_, socket)) => socket.recv_from(buf).await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
         None => std::future::pending().await,
     }
 }
