@@ -312,6 +312,12 @@ impl Proxy {
         bytes
     }
 
+    /// Answers 503 with Retry-After: a limit is reached or the proxy is shutting down
+    /// (RFC 3261 §21.5.4); the sender may try again later.
+    fn refuse_busy(&mut self, flow: Flow, request: &Message, reason: &str) {
+        self.respond(flow, request, 503, reason, &[("Retry-After", b"5")]);
+    }
+
     /// A To tag for a response the proxy generates: stable per request (Call-ID, From
     /// tag, CSeq number), so a retransmitted request gets the same tag and the ACK for
     /// the response is recognised by it.
@@ -473,13 +479,7 @@ impl Proxy {
             self.stats.refused += 1;
             debug!(source = %flow.remote, "request rate limit reached");
             if msg.method() != Some(Method::Ack) {
-                self.respond(
-                    flow,
-                    &msg,
-                    503,
-                    "Service Unavailable",
-                    &[("Retry-After", b"5")],
-                );
+                self.refuse_busy(flow, &msg, "Service Unavailable");
             }
             return;
         }
@@ -526,13 +526,7 @@ impl Proxy {
             return;
         }
         if self.draining {
-            self.respond(
-                flow,
-                &msg,
-                503,
-                "Service Unavailable - Shutting Down",
-                &[("Retry-After", b"5")],
-            );
+            self.refuse_busy(flow, &msg, "Service Unavailable - Shutting Down");
             return;
         }
         if self.txns.len() >= self.config.max_transactions {
@@ -541,13 +535,7 @@ impl Proxy {
                 limit = self.config.max_transactions,
                 "transaction limit reached"
             );
-            self.respond(
-                flow,
-                &msg,
-                503,
-                "Service Unavailable",
-                &[("Retry-After", b"5")],
-            );
+            self.refuse_busy(flow, &msg, "Service Unavailable");
             return;
         }
         let (own_routes, route_token) = self.own_routes(&msg);

@@ -946,19 +946,11 @@ impl Message {
             (2, HeaderName::CSeq),
         ] {
             if !seen[i] {
-                return Err(ParseError::in_header(
-                    ParseErrorKind::MissingHeader,
-                    self.head_end,
-                    name,
-                ));
+                return Err(self.missing(name));
             }
         }
         if self.header(HeaderName::Via).is_none() {
-            return Err(ParseError::in_header(
-                ParseErrorKind::MissingHeader,
-                self.head_end,
-                HeaderName::Via,
-            ));
+            return Err(self.missing(HeaderName::Via));
         }
         if let (Some(method), Some(Ok(cseq))) = (self.method_bytes(), self.cseq()) {
             if cseq.method_bytes() != method {
@@ -1023,21 +1015,18 @@ impl Message {
             (3, HeaderName::To),
         ] {
             if count[slot] == 0 {
-                return Err(ParseError::in_header(
-                    ParseErrorKind::MissingHeader,
-                    self.head_end,
-                    name,
-                ));
+                return Err(self.missing(name));
             }
         }
         if self.header(HeaderName::Via).is_none() {
-            return Err(ParseError::in_header(
-                ParseErrorKind::MissingHeader,
-                self.head_end,
-                HeaderName::Via,
-            ));
+            return Err(self.missing(HeaderName::Via));
         }
         Ok(())
+    }
+
+    /// A header every message must carry is absent (reported at the end of the head).
+    fn missing(&self, name: HeaderName) -> ParseError {
+        ParseError::in_header(ParseErrorKind::MissingHeader, self.head_end, name)
     }
 
     fn check_single<'a, T>(
