@@ -28,7 +28,10 @@ use thiserror::Error;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
+use crate::observe::classify::{DEFAULT_INTERNAL_PATTERN, normalize_number};
+use crate::observe::{ClassifyRules, IdentitySource, ObserveConfig};
 use crate::transport::Transport;
+use regex::Regex;
 
 /// The whole, validated configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,6 +48,84 @@ pub struct Config {
     pub phones: PhonesConfig,
     /// `[limits]`: bounds on memory and CPU.
     pub limits: LimitsConfig,
+    /// `[calls]`: telling external calls from internal ones and star codes.
+    pub calls: CallsConfig,
+    /// `[dnd]`: the star codes that switch DND.
+    pub dnd: DndConfig,
+}
+
+/// `[calls]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallsConfig {
+    /// `calls.internal_patterns`: regular expressions (checked) for internal numbers.
+    pub internal_patterns: Vec<String>,
+    /// `calls.feature_code_patterns`: regular expressions for feature codes that do not
+    /// start with `*` or `#`.
+    pub feature_code_patterns: Vec<String>,
+    /// `calls.extensions`: the directory of known extensions.
+    pub extensions: Vec<String>,
+    /// `calls.caller_identity`: where an incoming call's caller is read from.
+    pub caller_identity: Vec<IdentitySource>,
+    /// `calls.stale_call_timeout_seconds`.
+    pub stale_call_timeout: Duration,
+}
+
+impl Default for CallsConfig {
+    fn default() -> Self {
+        Self {
+            internal_patterns: vec![DEFAULT_INTERNAL_PATTERN.to_owned()],
+            feature_code_patterns: Vec::new(),
+            extensions: Vec::new(),
+            caller_identity: IdentitySource::DEFAULT_ORDER.to_vec(),
+            stale_call_timeout: ObserveConfig::default().stale_call_timeout,
+        }
+    }
+}
+
+/// `[dnd]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DndConfig {
+    /// `dnd.on_codes`.
+    pub on_codes: Vec<String>,
+    /// `dnd.off_codes`.
+    pub off_codes: Vec<String>,
+    /// `dnd.toggle_codes`.
+    pub toggle_codes: Vec<String>,
+}
+
+impl Default for DndConfig {
+    fn default() -> Self {
+        let rules = ClassifyRules::default();
+        Self {
+            on_codes: rules.dnd_on_codes,
+            off_codes: rules.dnd_off_codes,
+            toggle_codes: rules.dnd_toggle_codes,
+        }
+    }
+}
+
+impl Config {
+    /// What the observer needs: `[calls]`, `[dnd]` and the limits that bound it.
+    pub fn observe_config(&self) -> ObserveConfig {
+        // the patterns were compiled once when the file was read: they compile again
+        let compile = |patterns: &[String]| -> Vec<Regex> {
+            patterns.iter().filter_map(|p| Regex::new(p).ok()).collect()
+        };
+        ObserveConfig {
+            rules: ClassifyRules {
+                internal_patterns: compile(&self.calls.internal_patterns),
+                feature_code_patterns: compile(&self.calls.feature_code_patterns),
+                dnd_on_codes: self.dnd.on_codes.clone(),
+                dnd_off_codes: self.dnd.off_codes.clone(),
+                dnd_toggle_codes: self.dnd.toggle_codes.clone(),
+                caller_identity: self.calls.caller_identity.clone(),
+            },
+            directory: self.calls.extensions.clone(),
+            stale_call_timeout: self.calls.stale_call_timeout,
+            max_calls: self.limits.max_transactions,
+            max_bindings: self.limits.max_bindings,
+        }
+    }
 }
 
 /// `[log]`.
@@ -133,8 +214,9 @@ pub struct PbxConfig {
     pub host: String,
     /// `pbx.port`, never 0; `None` when omitted (see [`PbxConfig::port_or_default`]).
     pub port: Option<u16>,
-    /// `pbx.transport` (default UDP).
-    pub transport: Transport,
+    /// `pbx.transport`; `None` when omitted: UDP for an IP address or with a port
+    /// (see [`PbxConfig::transport_or_default`]), else RFC 3263 (NAPTR/SRV) decides.
+    pub transport: Option<Transport>,
     /// `pbx.path`: whether the PBX supports Path (RFC 3327).
     pub path: bool,
     /// `pbx.tls_ca`: PEM file of the certificate(s) that sign the PBX's TLS certificate
@@ -142,12 +224,27 @@ pub struct PbxConfig {
     pub tls_ca: Option<PathBuf>,
     /// `pbx.tls_server_name`: the name the PBX's certificate must carry (default: host).
     pub tls_server_name: Option<String>,
+    /// `pbx.dns_server`: the DNS server to ask for the PBX's records instead of the
+    /// system's resolvers.
+    pub dns_server: Option<SocketAddr>,
 }
 
 impl PbxConfig {
     /// The configured port, or the transport's default (5060, 5061 for TLS).
     pub fn port_or_default(&self) -> u16 {
-        self.port.unwrap_or(self.transport.default_port())
+        self.port
+            .unwrap_or(self.transport_or_default().default_port())
+    }
+
+    /// The configured transport, or UDP.
+    pub fn transport_or_default(&self) -> Transport {
+        self.transport.unwrap_or(Transport::Udp)
+    }
+
+    /// Whether the transport and port come from DNS (RFC 3263 NAPTR/SRV): a host name
+    /// with neither port nor transport configured.
+    pub fn uses_naptr(&self) -> bool {
+        self.host_ip().is_none() && self.port.is_none() && self.transport.is_none()
     }
 
     /// The host as an IP address, when it is one rather than a name.
@@ -257,9 +354,16 @@ impl Config {
             Some(IpAddr::V6(ip)) => format!("[{ip}]"),
             _ => self.pbx.host.clone(),
         };
-        let port = match self.pbx.port {
-            Some(port) => port.to_string(),
-            None => format!("{} (default)", self.pbx.port_or_default()),
+        let pbx = match (self.pbx.host_ip(), self.pbx.port, self.pbx.transport) {
+            (None, None, None) => format!("{host} (DNS NAPTR/SRV)"),
+            (None, None, Some(transport)) => format!("{transport} {host} (DNS SRV)"),
+            (_, port, _) => {
+                let port = match port {
+                    Some(port) => port.to_string(),
+                    None => format!("{} (default)", self.pbx.port_or_default()),
+                };
+                format!("{} {host}:{port}", self.pbx.transport_or_default())
+            }
         };
         let networks: Vec<String> = self
             .phones
@@ -268,9 +372,8 @@ impl Config {
             .map(Cidr::to_string)
             .collect();
         format!(
-            "listeners: {}{advertised}; pbx: {} {host}:{port}{}; phones: {}",
+            "listeners: {}{advertised}; pbx: {pbx}{}; phones: {}",
             listeners.join(", "),
-            self.pbx.transport,
             if self.pbx.path { " with Path" } else { "" },
             if networks.is_empty() {
                 "none".to_owned()
@@ -545,6 +648,26 @@ struct RawConfig {
     pbx: RawPbx,
     phones: Option<RawPhones>,
     limits: Option<RawLimits>,
+    calls: Option<RawCalls>,
+    dnd: Option<RawDnd>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+struct RawCalls {
+    internal_patterns: Option<Vec<Str>>,
+    feature_code_patterns: Option<Vec<Str>>,
+    extensions: Option<Vec<Str>>,
+    caller_identity: Option<Vec<Str>>,
+    stale_call_timeout_seconds: Option<Spanned<Int>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+struct RawDnd {
+    on_codes: Option<Vec<Str>>,
+    off_codes: Option<Vec<Str>>,
+    toggle_codes: Option<Vec<Str>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -579,6 +702,7 @@ struct RawPbx {
     path: Option<bool>,
     tls_ca: Option<Str>,
     tls_server_name: Option<Str>,
+    dns_server: Option<Str>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -717,6 +841,14 @@ impl Source<'_> {
             Some(limits) => self.limits(limits)?,
             None => LimitsConfig::default(),
         };
+        let calls = match raw.calls {
+            Some(calls) => self.calls(calls)?,
+            None => CallsConfig::default(),
+        };
+        let dnd = match raw.dnd {
+            Some(dnd) => self.dnd(dnd),
+            None => DndConfig::default(),
+        };
         Ok(Config {
             log,
             listen,
@@ -724,7 +856,108 @@ impl Source<'_> {
             pbx,
             phones,
             limits,
+            calls,
+            dnd,
         })
+    }
+
+    fn calls(&self, raw: RawCalls) -> Result<CallsConfig, ConfigError> {
+        let defaults = CallsConfig::default();
+        let patterns = |list: Option<Vec<Str>>, key: &str, default: Vec<String>| {
+            let Some(list) = list else {
+                return Ok(default);
+            };
+            let mut out = Vec::with_capacity(list.len());
+            for (index, entry) in list.iter().enumerate() {
+                Regex::new(entry.get_ref()).map_err(|err| {
+                    self.invalid(
+                        entry.span(),
+                        format!("calls.{key}[{index}]"),
+                        format!("{:?} is not a regular expression: {err}", entry.get_ref()),
+                    )
+                })?;
+                out.push(entry.get_ref().clone());
+            }
+            Ok(out)
+        };
+        let internal_patterns = patterns(
+            raw.internal_patterns,
+            "internal_patterns",
+            defaults.internal_patterns,
+        )?;
+        let feature_code_patterns = patterns(
+            raw.feature_code_patterns,
+            "feature_code_patterns",
+            defaults.feature_code_patterns,
+        )?;
+        let extensions = raw
+            .extensions
+            .map(|list| {
+                list.iter()
+                    .map(|e| normalize_number(e.get_ref().as_bytes()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let caller_identity = match raw.caller_identity {
+            None => defaults.caller_identity,
+            Some(list) => {
+                let mut out = Vec::with_capacity(list.len());
+                for (index, entry) in list.iter().enumerate() {
+                    let source = IdentitySource::from_config(entry.get_ref()).ok_or_else(|| {
+                        self.invalid(
+                            entry.span(),
+                            format!("calls.caller_identity[{index}]"),
+                            format!(
+                                "{:?} is not one of \"p-asserted-identity\", \"remote-party-id\", \"from\"",
+                                entry.get_ref()
+                            ),
+                        )
+                    })?;
+                    out.push(source);
+                }
+                out
+            }
+        };
+        let stale_call_timeout = match raw.stale_call_timeout_seconds {
+            None => defaults.stale_call_timeout,
+            Some(value) => {
+                let Int(seconds) = *value.get_ref();
+                let seconds = u64::try_from(seconds)
+                    .ok()
+                    .filter(|&s| s >= 60)
+                    .ok_or_else(|| {
+                        self.invalid(
+                            value.span(),
+                            "calls.stale_call_timeout_seconds",
+                            format!("must be at least 60 seconds, found {seconds}"),
+                        )
+                    })?;
+                Duration::from_secs(seconds)
+            }
+        };
+        Ok(CallsConfig {
+            internal_patterns,
+            feature_code_patterns,
+            extensions,
+            caller_identity,
+            stale_call_timeout,
+        })
+    }
+
+    fn dnd(&self, raw: RawDnd) -> DndConfig {
+        let defaults = DndConfig::default();
+        let codes = |list: Option<Vec<Str>>, default: Vec<String>| match list {
+            Some(list) => list
+                .iter()
+                .map(|c| normalize_number(c.get_ref().as_bytes()))
+                .collect(),
+            None => default,
+        };
+        DndConfig {
+            on_codes: codes(raw.on_codes, defaults.on_codes),
+            off_codes: codes(raw.off_codes, defaults.off_codes),
+            toggle_codes: codes(raw.toggle_codes, defaults.toggle_codes),
+        }
     }
 
     fn log(&self, raw: RawLog) -> Result<LogConfig, ConfigError> {
@@ -923,21 +1156,25 @@ impl Source<'_> {
         };
         let transport_span = raw.transport.as_ref().map(|t| t.span());
         let transport = match raw.transport {
-            None => Transport::Udp,
-            Some(text) => Transport::from_token(text.get_ref().as_bytes()).ok_or_else(|| {
-                self.invalid(
-                    text.span(),
-                    "pbx.transport",
-                    format!(
-                        "expected one of \"udp\", \"tcp\", \"tls\", found {:?}",
-                        text.get_ref()
-                    ),
-                )
-            })?,
+            None => None,
+            Some(text) => Some(Transport::from_token(text.get_ref().as_bytes()).ok_or_else(
+                || {
+                    self.invalid(
+                        text.span(),
+                        "pbx.transport",
+                        format!(
+                            "expected one of \"udp\", \"tcp\", \"tls\", found {:?}",
+                            text.get_ref()
+                        ),
+                    )
+                },
+            )?),
         };
-        let tls = transport == Transport::Tls;
+        let tls = transport == Some(Transport::Tls);
+        // a bare domain may resolve to TLS (SIPS+D2T, _sips._tcp) when a CA is given
+        let naptr = transport.is_none() && port.is_none() && host.parse::<IpAddr>().is_err();
         let tls_ca = match &raw.tls_ca {
-            Some(path) => Some(self.pem_file(path, "pbx.tls_ca", tls)?),
+            Some(path) => Some(self.pem_file(path, "pbx.tls_ca", tls || naptr)?),
             None if tls => {
                 let span = transport_span.unwrap_or(raw.host.span());
                 return Err(self.invalid(
@@ -959,6 +1196,13 @@ impl Source<'_> {
             Some(name) => Some(name.into_inner()),
             None => None,
         };
+        let dns_server = match raw.dns_server {
+            Some(text) => Some(
+                parse_dns_server(text.get_ref())
+                    .map_err(|message| self.invalid(text.span(), "pbx.dns_server", message))?,
+            ),
+            None => None,
+        };
         Ok(PbxConfig {
             host,
             port,
@@ -966,6 +1210,7 @@ impl Source<'_> {
             path: raw.path.unwrap_or(false),
             tls_ca,
             tls_server_name,
+            dns_server,
         })
     }
 
@@ -1062,6 +1307,25 @@ fn parse_listener(text: &str) -> Result<SocketAddr, String> {
             }
         }),
     }
+}
+
+/// `pbx.dns_server`: `IP:PORT`, or an IP address alone for port 53.
+fn parse_dns_server(text: &str) -> Result<SocketAddr, String> {
+    let addr = match text.parse::<SocketAddr>() {
+        Ok(addr) => addr,
+        Err(_) => match text.parse::<IpAddr>() {
+            Ok(ip) => SocketAddr::new(ip, 53),
+            Err(_) => {
+                return Err(format!(
+                    "{text:?} is not IP:PORT (such as \"192.0.2.53:53\" or \"[::1]:5353\")"
+                ));
+            }
+        },
+    };
+    if addr.port() == 0 || addr.ip().is_unspecified() || addr.ip().is_multicast() {
+        return Err(format!("{text:?} cannot be a DNS server's address"));
+    }
+    Ok(addr)
 }
 
 /// `pbx.host`: an IP address (brackets around IPv6 accepted and removed) or a host name.

@@ -1013,6 +1013,7 @@ pub fn proxy_core(data: &[u8]) {
         max_bindings: MAX,
         max_requests_per_second_per_source: 50,
         seed: 1,
+        observe: crate::observe::ObserveConfig::default(),
     });
     let start = Instant::now();
     let mut now = start;

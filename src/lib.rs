@@ -14,6 +14,7 @@
 //!   come in as arguments, messages to send and the next deadline go out.
 //! - [`runtime`]: the only tokio code: sockets, the driver task, connections, drain.
 //! - [`config`]: the configuration file, parsed into validated settings.
+//! - [`dns`]: RFC 3263 selection of the PBX's transport, address and port, sans-IO.
 //! - [`telemetry`]: logging setup from `[log]`.
 //! - [`transport`]: UDP/TCP/TLS as config, Via and URIs name them.
 //! - [`inspect`], [`demo`]: the `inspect` and `demo` commands.
@@ -25,9 +26,11 @@
 
 pub mod config;
 pub mod demo;
+pub mod dns;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod inspect;
+pub mod observe;
 pub mod proxy;
 pub mod runtime;
 pub mod sip;

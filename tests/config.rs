@@ -93,7 +93,7 @@ fn example_toml_loads_with_documented_values() {
     assert_eq!(config.pbx.host, "192.0.2.20");
     assert_eq!(config.pbx.port, Some(5060));
     assert_eq!(config.pbx.port_or_default(), 5060);
-    assert_eq!(config.pbx.transport, Transport::Udp);
+    assert_eq!(config.pbx.transport, Some(Transport::Udp));
     assert!(!config.pbx.path);
 
     assert_eq!(
@@ -126,7 +126,7 @@ fn loopback_toml_loads_with_its_values() {
     assert_eq!(config.tls, None);
     assert_eq!(config.pbx.host, "127.0.0.1");
     assert_eq!(config.pbx.port_or_default(), 5070);
-    assert_eq!(config.pbx.transport, Transport::Udp);
+    assert_eq!(config.pbx.transport, Some(Transport::Udp));
     assert!(!config.pbx.path);
     assert_eq!(
         config.phones.allowed_networks,
@@ -149,7 +149,10 @@ fn optional_sections_take_their_defaults() {
     assert_eq!(config.log.level, "info");
     assert_eq!(config.tls, None);
     assert_eq!(config.pbx.port, None);
-    assert_eq!(config.pbx.transport, Transport::Udp);
+    assert_eq!(config.pbx.transport, None);
+    assert_eq!(config.pbx.transport_or_default(), Transport::Udp);
+    assert_eq!(config.pbx.dns_server, None);
+    assert!(!config.pbx.uses_naptr());
     assert_eq!(config.pbx.port_or_default(), 5060);
     assert!(!config.pbx.path);
     assert_eq!(config.phones, PhonesConfig::default());
@@ -199,7 +202,7 @@ shutdown_grace_seconds = 0
     );
     assert_eq!(config.pbx.host, "2001:db8::20");
     assert_eq!(config.pbx.host_ip(), Some(ip("2001:db8::20")));
-    assert_eq!(config.pbx.transport, Transport::Tls);
+    assert_eq!(config.pbx.transport, Some(Transport::Tls));
     assert_eq!(config.pbx.port_or_default(), 5061);
     assert!(config.pbx.path);
     assert_eq!(config.limits.max_message_size, 1500);
@@ -449,6 +452,39 @@ fn bad_cidr() {
         ConfigErrorKind::Invalid,
     );
     assert!(err.message().contains("10.0.0.0/8"), "{err}");
+}
+
+#[test]
+fn a_bare_domain_leaves_transport_and_port_to_dns() {
+    let text = "[listen]\nudp = [\"127.0.0.1:5060\"]\n\n[pbx]\nhost = \"pbx.example.com\"\ndns_server = \"127.0.0.1:5353\"\n";
+    let config = Config::from_toml(text, Path::new(FILE)).unwrap();
+    assert_eq!(config.pbx.transport, None);
+    assert_eq!(config.pbx.port, None);
+    assert!(config.pbx.uses_naptr());
+    assert_eq!(config.pbx.dns_server, Some(addr("127.0.0.1:5353")));
+    assert!(
+        config.summary().contains("NAPTR/SRV"),
+        "{}",
+        config.summary()
+    );
+    // an IP alone means port 53
+    let text = text.replace("127.0.0.1:5353", "::1");
+    let config = Config::from_toml(&text, Path::new(FILE)).unwrap();
+    assert_eq!(config.pbx.dns_server, Some(addr("[::1]:53")));
+    // a port makes it an A/AAAA lookup on UDP
+    let text = format!("{text}port = 5070\n");
+    let config = Config::from_toml(&text, Path::new(FILE)).unwrap();
+    assert!(!config.pbx.uses_naptr());
+    assert_eq!(config.pbx.transport_or_default(), Transport::Udp);
+}
+
+#[test]
+fn bad_dns_server() {
+    for bad in ["pbx.example.com", "127.0.0.1:0", "0.0.0.0:53", ""] {
+        let text = format!("{MINIMAL}dns_server = \"{bad}\"\n");
+        let err = load_err(&text);
+        assert_at(&err, 6, 14, "pbx.dns_server", ConfigErrorKind::Invalid);
+    }
 }
 
 #[test]

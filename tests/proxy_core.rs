@@ -43,6 +43,7 @@ fn config() -> ProxyConfig {
         max_bindings: 1000,
         max_requests_per_second_per_source: 1000,
         seed: 7,
+        observe: presence_proxy::observe::ObserveConfig::default(),
     }
 }
 
@@ -980,4 +981,117 @@ fn an_unreachable_next_hop_is_answered_503_at_once() {
         "our own Via is not in the answer"
     );
     assert_eq!(net.proxy.pending_transaction_count(), 0);
+}
+
+// ------------------------------------------------------------ observation of calls
+
+fn events(net: &mut Net) -> Vec<String> {
+    std::iter::from_fn(|| net.proxy.poll_event())
+        .map(|e| e.to_string())
+        .collect()
+}
+
+/// Registers PHONE as extension 201 through the proxy (alias mode).
+fn register_201(net: &mut Net) {
+    let fwd = only_to(&net.receive(PHONE, &register(3600, "z9hG4bK-reg201")), PBX);
+    let ok = only_to(&net.receive(PBX, &register_ok(&fwd, 3600)), PHONE);
+    assert_eq!(status(&ok), 200);
+    assert_eq!(net.proxy.observer().binding_count(), 1);
+}
+
+#[test]
+fn an_outgoing_external_call_through_the_core_is_observed_from_ringing_to_its_bye() {
+    let mut net = Net::new();
+    register_201(&mut net);
+    let fwd = only_to(&net.receive(PHONE, &invite("obs-out", "z9hG4bK-o1")), PBX);
+    assert!(events(&mut net).is_empty(), "a 100 Trying is not ringing");
+    net.receive(PBX, &answer(&fwd, 180, "Ringing", Some("t"), ""));
+    assert_eq!(events(&mut net), ["ExternalCallStarted 201 ringing"]);
+    net.receive(
+        PBX,
+        &answer(
+            &fwd,
+            200,
+            "OK",
+            Some("t"),
+            "Contact: <sip:pbx@10.0.0.100:5070>\n",
+        ),
+    );
+    assert_eq!(events(&mut net), ["ExternalCallStarted 201 connected"]);
+    let view = net.proxy.observer().extension("201").unwrap();
+    assert_eq!(view.registered, 1);
+    assert_eq!(view.calls.len(), 1);
+    assert_eq!(view.calls[0].other_party, "+4930123456");
+    let bye = "BYE sip:pbx@10.0.0.100:5070 SIP/2.0
+Via: SIP/2.0/UDP 192.168.1.5:5062;branch=z9hG4bK-obye;rport
+Max-Forwards: 70
+From: <sip:201@pbx.example.com>;tag=ph1
+To: <sip:+4930123456@pbx.example.com>;tag=t
+Call-ID: obs-out
+CSeq: 2 BYE
+Content-Length: 0
+
+";
+    only_to(&net.receive(PHONE, bye), PBX);
+    assert_eq!(events(&mut net), ["ExternalCallEnded 201"]);
+    assert_eq!(net.proxy.observer().call_count(), 0);
+}
+
+#[test]
+fn an_incoming_call_belongs_to_the_binding_it_reaches_and_ends_with_the_proxys_own_408() {
+    let mut net = Net::new();
+    register_201(&mut net);
+    // the PBX addresses the AoR with a DID in To: the binding decides the extension
+    let call = "INVITE sip:201@10.0.0.1:5060 SIP/2.0
+Via: SIP/2.0/UDP 10.0.0.100:5070;branch=z9hG4bK-pin1
+Max-Forwards: 70
+From: \"Queue\" <sip:600@pbx.example.com>;tag=p1
+To: <sip:+4930777000@pbx.example.com>
+P-Asserted-Identity: <sip:+4917012345@pbx.example.com;user=phone>
+Diversion: <sip:600@pbx.example.com>;reason=unconditional
+Call-ID: obs-in
+CSeq: 1 INVITE
+Contact: <sip:pbx@10.0.0.100:5070>
+Content-Length: 0
+
+";
+    let out = net.receive(PBX, call);
+    assert_eq!(only_to(&out, PHONE).method(), Some(Method::Invite));
+    assert_eq!(events(&mut net), ["ExternalCallStarted 201 ringing"]);
+    // the phone never answers: timer B ends the INVITE with a 408 the proxy writes
+    let out = net.advance(Duration::from_secs(40));
+    let answers: Vec<u16> = to(&out, PBX)
+        .into_iter()
+        .map(|t| status(&parse(t)))
+        .collect();
+    assert!(
+        !answers.is_empty() && answers.iter().all(|&s| s == 408),
+        "the PBX gets a 408 (retransmitted until it ACKs): {answers:?}"
+    );
+    assert_eq!(events(&mut net), ["ExternalCallEnded 201"]);
+}
+
+#[test]
+fn a_star_code_accepted_by_the_pbx_switches_dnd_and_is_never_a_call() {
+    let mut net = Net::new();
+    register_201(&mut net);
+    let star = invite("obs-star", "z9hG4bK-s1").replace(
+        "sip:+4930123456@pbx.example.com SIP",
+        "sip:%2A78@pbx.example.com SIP",
+    );
+    let fwd = only_to(&net.receive(PHONE, &star), PBX);
+    net.receive(PBX, &answer(&fwd, 183, "Session Progress", Some("s"), ""));
+    assert!(events(&mut net).is_empty());
+    net.receive(
+        PBX,
+        &answer(
+            &fwd,
+            200,
+            "OK",
+            Some("s"),
+            "Contact: <sip:pbx@10.0.0.100:5070>\n",
+        ),
+    );
+    assert_eq!(events(&mut net), ["DndChanged 201 on"]);
+    assert!(net.proxy.observer().extension("201").unwrap().dnd);
 }

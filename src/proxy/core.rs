@@ -16,6 +16,7 @@ use super::limits::RateLimiter;
 use super::timers::{Deadline, T1, T2, TIMEOUT, TIMER_C, TimerKind, TimerQueue};
 use super::transaction::{ClientState, KeyMethod, ServerKey, ServerState, Txn};
 use crate::config::Cidr;
+use crate::observe::{Direction, ObserveConfig, ObserveEvent, Observer, PhoneAddr};
 use crate::sip::build::{ResponseBuilder, ack_for, cancel_for};
 use crate::sip::edit::Editor;
 use crate::sip::header::ContactValue;
@@ -63,6 +64,8 @@ pub struct ProxyConfig {
     pub max_requests_per_second_per_source: u32,
     /// Seed for branches, tags and tokens (deterministic tests; random in production).
     pub seed: u64,
+    /// How calls, star codes and DND are recognised.
+    pub observe: ObserveConfig,
 }
 
 /// A message to send.
@@ -120,10 +123,14 @@ pub struct Proxy {
     out: VecDeque<Transmit>,
     next_id: u64,
     next_sweep: Option<Instant>,
+    /// Every address of the PBX besides `config.pbx` (the other RFC 3263 targets).
+    pbx_addresses: Vec<SocketAddr>,
     stats: Stats,
     draining: bool,
     /// `host:port` of each listener's advertised address, written once.
     listener_texts: Vec<(SocketAddr, String)>,
+    /// Phone-side state per extension, fed with every message forwarded or answered.
+    observer: Observer,
 }
 
 /// Formats an address as a SIP host:port (IPv6 in brackets).
@@ -158,6 +165,7 @@ impl Proxy {
             .map(|l| (l.advertised, host_port(l.advertised)))
             .collect();
         let limiter = RateLimiter::new(config.max_requests_per_second_per_source);
+        let observer = Observer::new(config.observe.clone());
         Self {
             config,
             txns: HashMap::default(),
@@ -168,9 +176,11 @@ impl Proxy {
             out: VecDeque::new(),
             next_id: 1,
             next_sweep: None,
+            pbx_addresses: Vec::new(),
             stats: Stats::default(),
             draining: false,
             listener_texts,
+            observer,
         }
     }
 
@@ -181,10 +191,29 @@ impl Proxy {
 
     /// When [`Proxy::handle_timeout`] must next be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        match (self.timers.next_at(), self.next_sweep) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [
+            self.timers.next_at(),
+            self.next_sweep,
+            self.observer.poll_timeout(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// The next change of an extension's phone-side state (calls, DND).
+    pub fn poll_event(&mut self) -> Option<ObserveEvent> {
+        self.observer.poll_event()
+    }
+
+    /// The phone-side state per extension.
+    pub fn observer(&self) -> &Observer {
+        &self.observer
+    }
+
+    /// The phone-side state per extension, to change its directory.
+    pub fn observer_mut(&mut self) -> &mut Observer {
+        &mut self.observer
     }
 
     /// Open transactions.
@@ -218,6 +247,19 @@ impl Proxy {
     /// Shutting down: new requests are answered 503 while open transactions finish.
     pub fn set_draining(&mut self, draining: bool) {
         self.draining = draining;
+    }
+
+    /// Sends new requests for the PBX to `addr` over `transport` (RFC 3263 failover or
+    /// a new resolution); open transactions keep their next hop.
+    pub fn set_pbx(&mut self, addr: SocketAddr, transport: Transport) {
+        self.config.pbx = addr;
+        self.config.pbx_transport = transport;
+    }
+
+    /// Every resolved address of the PBX: requests from any of them count as the PBX's
+    /// (it may send from another server of its SRV set than the one in use).
+    pub fn set_pbx_addresses(&mut self, addresses: Vec<SocketAddr>) {
+        self.pbx_addresses = addresses;
     }
 
     /// A TCP/TLS connection closed: forget it in every flow that used it.
@@ -379,9 +421,15 @@ impl Proxy {
     /// other ports, e.g. its own TCP connections) its IP when that IP is not also in
     /// the phone networks (on loopback, phones and PBX share an IP).
     fn is_pbx(&self, flow: &Flow) -> bool {
-        flow.remote == self.config.pbx
-            || (flow.remote.ip() == self.config.pbx.ip()
-                && !self.is_allowed_phone(flow.remote.ip()))
+        let remote = flow.remote;
+        let mut pbx = std::iter::once(&self.config.pbx).chain(&self.pbx_addresses);
+        pbx.clone().any(|&a| a == remote)
+            || (pbx.any(|a| a.ip() == remote.ip()) && !self.is_allowed_phone(remote.ip()))
+    }
+
+    /// Whether `ip` is one of the PBX's addresses.
+    fn is_pbx_ip(&self, ip: IpAddr) -> bool {
+        self.config.pbx.ip() == ip || self.pbx_addresses.iter().any(|a| a.ip() == ip)
     }
 
     fn is_allowed_phone(&self, ip: IpAddr) -> bool {
@@ -597,6 +645,12 @@ impl Proxy {
         };
         self.by_server_key.insert(key, id);
         let downstream = txn.downstream;
+        let (direction, phone) = match side {
+            Side::Phone => (Direction::FromPhone, flow),
+            Side::Pbx => (Direction::ToPhone, target.phone_flow),
+        };
+        self.observer
+            .on_message(now, direction, PhoneAddr::from(&phone), &msg);
         self.txns.insert(id, txn);
         if downstream.transport == Transport::Udp {
             self.schedule(id, TimerKind::Retransmit, now + T1);
@@ -1106,8 +1160,30 @@ impl Proxy {
                 txn.last_response = Some(bytes.clone());
             }
         }
+        if is_register {
+            // the observer sees the answer as the phone does: its own Contacts
+            if let Ok(relayed) = Message::parse(bytes.clone()) {
+                self.observe_response(now, id, &relayed);
+            }
+        } else {
+            self.observe_response(now, id, msg);
+        }
         self.stats.responses_forwarded += 1;
         self.send(upstream, bytes);
+    }
+
+    /// Hands a response of transaction `id` (relayed or generated) to the observer.
+    fn observe_response(&mut self, now: Instant, id: u64, response: &Message) {
+        let Some(txn) = self.txns.get(&id) else {
+            return;
+        };
+        let (direction, phone) = if self.is_pbx(&txn.upstream) {
+            (Direction::FromPhone, txn.downstream)
+        } else {
+            (Direction::ToPhone, txn.upstream)
+        };
+        self.observer
+            .on_message(now, direction, PhoneAddr::from(&phone), response);
     }
 
     fn dealias_register_contacts(&mut self, now: Instant, msg: &Message, edit: &mut Editor<'_>) {
@@ -1148,7 +1224,7 @@ impl Proxy {
             debug!(source = %flow.remote, "stateless response: next Via has no address");
             return;
         };
-        if ip != self.config.pbx.ip() && !self.is_allowed_phone(ip) {
+        if !self.is_pbx_ip(ip) && !self.is_allowed_phone(ip) {
             return; // never relay to anywhere else
         }
         let port = next
@@ -1203,6 +1279,7 @@ impl Proxy {
             }
             self.fire(now, deadline.txn, deadline.kind);
         }
+        self.observer.handle_timeout(now);
         if self.next_sweep.is_some_and(|at| at <= now) {
             self.aliases.expire(now);
             self.limiter.forget_idle(now);
@@ -1300,6 +1377,9 @@ impl Proxy {
                         txn.last_response = Some(response.clone());
                     }
                     self.stats.responses_generated += 1;
+                    if let Ok(generated) = Message::parse(response.clone()) {
+                        self.observe_response(now, id, &generated);
+                    }
                     self.send(upstream, response);
                     if self
                         .txns

@@ -39,6 +39,8 @@ pub(super) struct Driver {
     by_remote: HashMap<(Transport, SocketAddr), u64>,
     pending: HashMap<(Transport, SocketAddr), Vec<Bytes>>,
     shared: Shared,
+    /// The PBX's resolved targets (RFC 3263), for failover.
+    pbx: super::resolve::PbxTargets,
 }
 
 impl Driver {
@@ -54,6 +56,7 @@ impl Driver {
             by_remote: HashMap::new(),
             pending: HashMap::new(),
             shared,
+            pbx: super::resolve::PbxTargets::default(),
         }
     }
 
@@ -214,7 +217,13 @@ impl Driver {
                 if let Some(dropped) = self.pending.remove(&(transport, remote)) {
                     warn!(remote = %remote, transport = %transport, dropped = dropped.len(), "could not connect: messages dropped");
                 }
+                self.pbx
+                    .connect_failed(now, transport, remote, &mut self.proxy);
                 self.proxy.transport_error(now, transport, remote);
+            }
+            Event::PbxResolved(resolved) => {
+                self.pbx
+                    .resolved(now, resolved, &mut self.proxy, &self.shared);
             }
         }
     }

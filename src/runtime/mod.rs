@@ -1,6 +1,7 @@
 //! The tokio shell: the only code that opens sockets, spawns tasks or reads the clock.
 //!
-//! [`start`] binds every listener, resolves the PBX, and spawns one driver task that
+//! [`start`] binds every listener, resolves the PBX (RFC 3263: NAPTR, SRV, A/AAAA; see
+//! `resolve.rs`), and spawns one driver task that
 //! owns the sans-IO [`Proxy`](crate::proxy::Proxy) and feeds it what arrives:
 //! datagrams from the UDP reader tasks, framed messages from the TCP/TLS connection
 //! tasks, and the time. What the proxy wants sent goes out on the UDP sockets or to the
@@ -8,6 +9,7 @@
 //! open transactions finish, for at most the configured grace time.
 
 mod driver;
+mod resolve;
 mod stream;
 mod tls;
 mod udp;
@@ -90,6 +92,8 @@ pub(crate) enum Event {
         transport: Transport,
         remote: SocketAddr,
     },
+    /// The PBX was (looked up again and) resolved to these targets.
+    PbxResolved(crate::dns::Resolved),
 }
 
 /// A running proxy.
@@ -132,27 +136,18 @@ fn random_seed() -> u64 {
     h.finish()
 }
 
-async fn resolve_pbx(config: &Config) -> Result<SocketAddr, RuntimeError> {
-    let port = config.pbx.port_or_default();
-    let host = config
-        .pbx
-        .host
-        .trim_start_matches('[')
-        .trim_end_matches(']');
-    if let Ok(ip) = host.parse() {
-        return Ok(SocketAddr::new(ip, port));
+/// TLS towards the PBX when configured, or when a bare domain may resolve to it and
+/// `pbx.tls_ca` is there to verify it.
+fn pbx_tls(config: &Config) -> Result<Option<tls::PbxTls>, RuntimeError> {
+    let tls = match config.pbx.transport {
+        Some(transport) => transport == Transport::Tls,
+        None => config.pbx.tls_ca.is_some() && config.pbx.uses_naptr(),
+    };
+    if tls {
+        tls::pbx_connector(&config.pbx).map(Some)
+    } else {
+        Ok(None)
     }
-    let mut addrs =
-        tokio::net::lookup_host((host, port))
-            .await
-            .map_err(|e| RuntimeError::Resolve {
-                host: config.pbx.host.clone(),
-                reason: e.to_string(),
-            })?;
-    addrs.next().ok_or_else(|| RuntimeError::Resolve {
-        host: config.pbx.host.clone(),
-        reason: "no address".into(),
-    })
 }
 
 fn listener(transport: Transport, local: SocketAddr, config: &Config) -> Listener {
@@ -166,12 +161,22 @@ fn listener(transport: Transport, local: SocketAddr, config: &Config) -> Listene
 
 /// Binds the listeners and starts the proxy.
 pub async fn start(config: &Config) -> Result<RuntimeHandle, RuntimeError> {
-    let pbx = resolve_pbx(config).await?;
-    let pbx_tls = match config.pbx.transport {
-        Transport::Tls => Some((pbx, tls::pbx_connector(&config.pbx)?)),
-        _ => None,
+    let pbx_tls = pbx_tls(config)?;
+    let mut supported = vec![Transport::Udp, Transport::Tcp];
+    if pbx_tls.is_some() {
+        supported.push(Transport::Tls);
+    }
+    let mut resolver = resolve::PbxResolver::new(&config.pbx, supported, random_seed());
+    let resolved = resolver.resolve().await?;
+    let Some(&first) = resolved.targets.first() else {
+        return Err(RuntimeError::Resolve {
+            host: config.pbx.host.clone(),
+            reason: "no target".into(),
+        });
     };
     let (events_tx, events_rx) = mpsc::channel(8192);
+    // the driver's first event: every target, for failover and to recognise the PBX
+    let _ = events_tx.send(Event::PbxResolved(resolved.clone())).await;
     let conn_ids = Arc::new(AtomicU64::new(1));
     let limits = Limits {
         max_message_size: config.limits.max_message_size,
@@ -253,17 +258,25 @@ pub async fn start(config: &Config) -> Result<RuntimeHandle, RuntimeError> {
     for l in &listeners {
         info!(transport = %l.transport, local = %l.local, advertised = %l.advertised, "listening");
     }
-    info!(pbx = %pbx, transport = %config.pbx.transport, "relaying to the PBX");
+    info!(pbx = %first.addr, transport = %first.transport, targets = resolved.targets.len(), "relaying to the PBX");
+    if let Some(ttl) = resolved.ttl {
+        io_tasks.push(tokio::spawn(resolve::refresh(
+            resolver,
+            ttl,
+            events_tx.clone(),
+        )));
+    }
     let proxy_config = ProxyConfig {
         listeners: listeners.clone(),
-        pbx,
-        pbx_transport: config.pbx.transport,
+        pbx: first.addr,
+        pbx_transport: first.transport,
         pbx_path: config.pbx.path,
         allowed_networks: config.phones.allowed_networks.clone(),
         max_transactions: config.limits.max_transactions,
         max_bindings: config.limits.max_bindings,
         max_requests_per_second_per_source: config.limits.max_requests_per_second_per_source,
         seed: random_seed(),
+        observe: config.observe_config(),
     };
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let driver = driver::Driver::new(

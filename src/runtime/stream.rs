@@ -31,7 +31,7 @@ pub(super) struct Shared {
     pub(super) limits: Limits,
     pub(super) slots: Arc<Semaphore>,
     /// TLS towards the PBX (only the PBX: phones reach the proxy, not the reverse).
-    pub(super) pbx_tls: Option<(SocketAddr, super::tls::PbxTls)>,
+    pub(super) pbx_tls: Option<super::tls::PbxTls>,
 }
 
 pub(super) async fn accept_loop(
@@ -91,7 +91,7 @@ pub(super) async fn connect(transport: Transport, remote: SocketAddr, shared: Sh
     };
     let tls = match transport {
         Transport::Tls => match &shared.pbx_tls {
-            Some((pbx, tls)) if *pbx == remote => Some(tls.clone()),
+            Some(tls) if tls.is_peer(remote) => Some(tls.clone()),
             _ => {
                 debug!(remote = %remote, "no outbound TLS except to the PBX");
                 return failed(shared).await;

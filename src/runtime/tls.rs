@@ -1,7 +1,8 @@
 //! TLS setup: the server side from the configured certificate chain and private key,
 //! and the client side towards the PBX, trusting only the configured CA (PEM).
 
-use std::sync::Arc;
+use std::net::SocketAddr;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -16,6 +17,23 @@ use crate::config::{PbxConfig, TlsConfig};
 pub(super) struct PbxTls {
     pub(super) connector: TlsConnector,
     pub(super) server_name: ServerName<'static>,
+    /// The PBX's TLS targets (RFC 3263 may give several): the only peers TLS goes to.
+    peers: Arc<RwLock<Vec<SocketAddr>>>,
+}
+
+impl PbxTls {
+    /// Whether `remote` is one of the PBX's TLS targets.
+    pub(super) fn is_peer(&self, remote: SocketAddr) -> bool {
+        self.peers
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(&remote)
+    }
+
+    /// The PBX's TLS targets, after a resolution.
+    pub(super) fn set_peers(&self, peers: Vec<SocketAddr>) {
+        *self.peers.write().unwrap_or_else(PoisonError::into_inner) = peers;
+    }
 }
 
 impl std::fmt::Debug for PbxTls {
@@ -63,6 +81,7 @@ pub(super) fn pbx_connector(pbx: &PbxConfig) -> Result<PbxTls, RuntimeError> {
     Ok(PbxTls {
         connector: TlsConnector::from(Arc::new(client)),
         server_name,
+        peers: Arc::default(),
     })
 }
 
