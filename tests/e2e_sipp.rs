@@ -37,13 +37,22 @@ struct Call<'a> {
     transport: PhoneTransport,
 }
 
+/// What a call left behind.
+struct Outcome {
+    /// The SIPp logs.
+    dir: tempfile::TempDir,
+    /// The observer's events during the call, as text (`ExternalCallStarted 201 ringing`).
+    phone_events: Vec<String>,
+}
+
 /// Runs the PBX scenario, then the phone scenario through the proxy, and asserts
-/// both succeed. Returns the directory holding their logs for further checks.
-async fn run_call(call: Call<'_>) -> tempfile::TempDir {
+/// both succeed. Returns the directory holding their logs and the observer's events.
+async fn run_call(call: Call<'_>) -> Outcome {
     require_sipp();
     let mut dir = test_dir("presence-e2e-");
     let pbx_port = free_port();
     let proxy = start_proxy(pbx_port, None).await;
+    let mut events = proxy.phone_events();
 
     let mut pbx = spawn_sipp(
         dir.path(),
@@ -91,7 +100,13 @@ async fn run_call(call: Call<'_>) -> tempfile::TempDir {
     proxy.shutdown().await;
     assert_success("the phone's SIPp", phone_status, &mut dir);
     assert_success("the PBX's SIPp", pbx_status, &mut dir);
-    dir
+    // every event was sent before the message that caused it was forwarded, so before
+    // either SIPp could finish
+    let mut phone_events = Vec::new();
+    while let Ok(event) = events.try_recv() {
+        phone_events.push(event.to_string());
+    }
+    Outcome { dir, phone_events }
 }
 
 fn stop_all(processes: &mut [&mut Process]) {
@@ -106,7 +121,7 @@ fn log(dir: &Path, name: &str) -> std::path::PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn basic_call_over_udp() {
-    run_call(Call {
+    let outcome = run_call(Call {
         pbx: "pbx_call.xml",
         pbx_extra: &[],
         phone: "phone_call.xml",
@@ -114,11 +129,52 @@ async fn basic_call_over_udp() {
         transport: PhoneTransport::Udp,
     })
     .await;
+    assert!(
+        outcome.phone_events.is_empty(),
+        "an internal call (200 calls 201) never shows: {:?}",
+        outcome.phone_events
+    );
+}
+
+/// The observer on real traffic: an external number dialled by a phone is ringing,
+/// connected and ended for the phone's extension (200: it did not register, so its From).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_external_call_placed_through_the_proxy_is_observed() {
+    let outcome = run_call(Call {
+        pbx: "pbx_call.xml",
+        pbx_extra: &[],
+        phone: "phone_call.xml",
+        phone_extra: &["-s", "004930123456"],
+        transport: PhoneTransport::Udp,
+    })
+    .await;
+    assert_eq!(
+        outcome.phone_events,
+        [
+            "ExternalCallStarted 200 ringing",
+            "ExternalCallStarted 200 connected",
+            "ExternalCallEnded 200"
+        ]
+    );
+}
+
+/// `*78` answered 200 by the PBX: DND on, and no call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dnd_star_code_accepted_by_the_pbx_is_observed() {
+    let outcome = run_call(Call {
+        pbx: "pbx_call.xml",
+        pbx_extra: &[],
+        phone: "phone_call.xml",
+        phone_extra: &["-s", "*78"],
+        transport: PhoneTransport::Udp,
+    })
+    .await;
+    assert_eq!(outcome.phone_events, ["DndChanged 200 on"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn basic_call_with_the_phone_on_tcp_and_the_pbx_on_udp() {
-    let dir = run_call(Call {
+    let outcome = run_call(Call {
         pbx: "pbx_call.xml",
         pbx_extra: &[],
         phone: "phone_call.xml",
@@ -128,7 +184,7 @@ async fn basic_call_with_the_phone_on_tcp_and_the_pbx_on_udp() {
     .await;
     // the transports differ on the two sides: the proxy Record-Routes twice (RFC
     // 5658), the top entry facing the PBX (UDP), the next facing the phone (TCP)
-    let invite = e2e_support::logged_messages(&log(dir.path(), "pbx"))
+    let invite = e2e_support::logged_messages(&log(outcome.dir.path(), "pbx"))
         .into_iter()
         .find(|(received, text)| *received && text.starts_with("INVITE "))
         .map(|(_, text)| text)
@@ -151,7 +207,7 @@ async fn basic_call_with_the_phone_on_tcp_and_the_pbx_on_udp() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registered_phone_is_called_by_the_pbx_through_its_contact_alias() {
-    run_call(Call {
+    let outcome = run_call(Call {
         pbx: "pbx_register_call.xml",
         pbx_extra: &[],
         phone: "phone_register_answer.xml",
@@ -159,6 +215,15 @@ async fn registered_phone_is_called_by_the_pbx_through_its_contact_alias() {
         transport: PhoneTransport::Udp,
     })
     .await;
+    // the caller ("pbx") is no extension: an external call of the registered 201
+    assert_eq!(
+        outcome.phone_events,
+        [
+            "ExternalCallStarted 201 ringing",
+            "ExternalCallStarted 201 connected",
+            "ExternalCallEnded 201"
+        ]
+    );
 }
 
 /// A phone on TCP behind a PBX on UDP: the alias the PBX stores must name the proxy's
@@ -191,7 +256,7 @@ async fn blf_subscription_is_record_routed_and_the_notify_reaches_the_phone() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_while_ringing_gets_200_and_487_and_the_proxy_takes_the_ack() {
-    let dir = run_call(Call {
+    let outcome = run_call(Call {
         pbx: "pbx_cancel.xml",
         pbx_extra: &[],
         phone: "phone_cancel.xml",
@@ -201,21 +266,21 @@ async fn cancel_while_ringing_gets_200_and_487_and_the_proxy_takes_the_ack() {
     .await;
     // the phone stayed 800 ms after its ACK: had the proxy not taken it, timer G would
     // have sent the 487 again within that time
-    let phone = log(dir.path(), "phone");
+    let phone = log(outcome.dir.path(), "phone");
     assert_eq!(
         count_received(&phone, "SIP/2.0 487", "INVITE"),
         1,
         "one 487, not retransmitted"
     );
     assert_eq!(count_received(&phone, "SIP/2.0 200", "CANCEL"), 1);
-    let pbx = log(dir.path(), "pbx");
+    let pbx = log(outcome.dir.path(), "pbx");
     assert_eq!(count_received(&pbx, "CANCEL ", "CANCEL"), 1);
     assert_eq!(count_received(&pbx, "ACK ", "ACK"), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invite_lost_towards_the_pbx_is_retransmitted_and_the_call_succeeds_once() {
-    let dir = run_call(Call {
+    let outcome = run_call(Call {
         pbx: "pbx_drop_first_invite.xml",
         // no SIPp retransmission detection, so the scenario sees the retransmission
         pbx_extra: &["-nr"],
@@ -224,13 +289,13 @@ async fn an_invite_lost_towards_the_pbx_is_retransmitted_and_the_call_succeeds_o
         transport: PhoneTransport::Udp,
     })
     .await;
-    let pbx = log(dir.path(), "pbx");
+    let pbx = log(outcome.dir.path(), "pbx");
     assert_eq!(
         count_received(&pbx, "INVITE ", "INVITE"),
         2,
         "the INVITE and its one retransmission"
     );
-    let phone = log(dir.path(), "phone");
+    let phone = log(outcome.dir.path(), "phone");
     assert_eq!(count_received(&phone, "SIP/2.0 100", "INVITE"), 1);
     assert_eq!(count_received(&phone, "SIP/2.0 180", "INVITE"), 1);
     assert_eq!(

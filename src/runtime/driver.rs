@@ -8,11 +8,12 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::net::UdpSocket;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 use tracing::{debug, info, warn};
 
 use super::Event;
 use super::stream::{self, Shared};
+use crate::observe::ObserveEvent;
 use crate::proxy::{Flow, Proxy, ProxyConfig, Transmit};
 use crate::transport::Transport;
 
@@ -41,6 +42,8 @@ pub(super) struct Driver {
     shared: Shared,
     /// The PBX's resolved targets (RFC 3263), for failover.
     pbx: super::resolve::PbxTargets,
+    /// Where the observer's events go (the sync engine, the portal, tests).
+    phone_events: broadcast::Sender<ObserveEvent>,
 }
 
 impl Driver {
@@ -48,6 +51,7 @@ impl Driver {
         config: ProxyConfig,
         udp: Vec<(SocketAddr, Arc<UdpSocket>)>,
         shared: Shared,
+        phone_events: broadcast::Sender<ObserveEvent>,
     ) -> Self {
         Self {
             proxy: Proxy::new(config),
@@ -57,6 +61,7 @@ impl Driver {
             pending: HashMap::new(),
             shared,
             pbx: super::resolve::PbxTargets::default(),
+            phone_events,
         }
     }
 
@@ -229,6 +234,10 @@ impl Driver {
     }
 
     fn flush(&mut self) {
+        while let Some(event) = self.proxy.poll_event() {
+            // no subscriber is fine: the per-extension state stays in the observer
+            let _ = self.phone_events.send(event);
+        }
         while let Some(Transmit { flow, bytes }) = self.proxy.poll_transmit() {
             match flow.transport {
                 Transport::Udp => self.send_udp(flow, bytes),

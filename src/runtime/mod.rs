@@ -22,11 +22,12 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
 use tokio::net::{TcpListener, UdpSocket};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::info;
 
 use crate::config::Config;
+use crate::observe::ObserveEvent;
 use crate::proxy::{Listener, ProxyConfig};
 use crate::sip::Limits;
 use crate::transport::Transport;
@@ -96,16 +97,27 @@ pub(crate) enum Event {
     PbxResolved(crate::dns::Resolved),
 }
 
+/// Phone-state events buffered per subscriber.
+pub const PHONE_EVENT_BACKLOG: usize = 4096;
+
 /// A running proxy.
 #[derive(Debug)]
 pub struct RuntimeHandle {
     listeners: Vec<Listener>,
+    phone_events: broadcast::Sender<ObserveEvent>,
     shutdown: watch::Sender<bool>,
     driver: JoinHandle<()>,
     io_tasks: Vec<JoinHandle<()>>,
 }
 
 impl RuntimeHandle {
+    /// Every change of an extension's phone-side state (external calls, DND) from now
+    /// on. A receiver that falls more than [`PHONE_EVENT_BACKLOG`] events behind is told
+    /// how many it missed (`RecvError::Lagged`).
+    pub fn phone_events(&self) -> broadcast::Receiver<ObserveEvent> {
+        self.phone_events.subscribe()
+    }
+
     /// The bound listeners (with the ports the system chose for port 0).
     pub fn listeners(&self) -> &[Listener] {
         &self.listeners
@@ -279,6 +291,7 @@ pub async fn start(config: &Config) -> Result<RuntimeHandle, RuntimeError> {
         observe: config.observe_config(),
     };
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (phone_events, _) = broadcast::channel(PHONE_EVENT_BACKLOG);
     let driver = driver::Driver::new(
         proxy_config,
         udp_sockets,
@@ -289,10 +302,12 @@ pub async fn start(config: &Config) -> Result<RuntimeHandle, RuntimeError> {
             slots: connection_slots,
             pbx_tls,
         },
+        phone_events.clone(),
     );
     let driver = tokio::spawn(driver.run(events_rx, shutdown_rx, config.limits.shutdown_grace));
     Ok(RuntimeHandle {
         listeners,
+        phone_events,
         shutdown: shutdown_tx,
         driver,
         io_tasks,

@@ -173,6 +173,16 @@ shutdown_grace_seconds = 1
 }
 
 impl Proxy {
+    /// The observer's events (external calls, DND) from now on.
+    pub(crate) fn phone_events(
+        &self,
+    ) -> tokio::sync::broadcast::Receiver<presence_proxy::observe::ObserveEvent> {
+        self.handle
+            .as_ref()
+            .expect("the proxy is running")
+            .phone_events()
+    }
+
     /// Stops the proxy (open transactions get the configured grace time).
     pub(crate) async fn shutdown(mut self) {
         if let Some(handle) = self.handle.take() {
