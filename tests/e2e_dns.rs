@@ -3,8 +3,9 @@
 //! serves its NAPTR, SRV and A records. The proxy, pointed at that server with
 //! `pbx.dns_server`, finds the PBX by NAPTR → SRV → A and relays a phone's INVITE to
 //! the socket the SRV record names. When the first SRV target refuses connections, the
-//! proxy fails over and the next request lands on the second target. A PBX sending from
-//! another server of its SRV set still counts as the PBX.
+//! proxy fails over and the request that found it dead is sent again to the second
+//! target (RFC 3263 §4.3). A PBX sending from another server of its SRV set still
+//! counts as the PBX.
 
 #![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)] // test helpers assert
 
@@ -301,18 +302,17 @@ async fn a_refused_first_srv_target_fails_over_to_the_second() {
     .await;
     let proxy = proxy_for("pbx2.test", dns.addr).await;
     let udp = proxy.local_addr(Transport::Udp).expect("udp");
-    // the first target (priority 10) refuses: the waiting call is answered 503 at once,
-    // and the proxy moves to the next target
-    assert_eq!(call(udp, "first").await, vec![100, 503]);
-    // the next call lands on the second target (priority 20), over TCP
-    assert_eq!(call(udp, "second").await, vec![100, 200]);
+    // the first target (priority 10) refuses: the proxy moves to the next target
+    // (priority 20) and sends the waiting call there, over TCP; the phone never
+    // hears of the dead one
+    assert_eq!(call(udp, "first").await, vec![100, 200]);
     let (seen, _connection) = within("the live PBX gets the INVITE", pbx_task)
         .await
         .expect("PBX task");
     let call_id = seen.header(HeaderName::CallId).expect("Call-ID");
     assert!(
-        call_id.starts_with(b"second@"),
-        "the second call, not the first"
+        call_id.starts_with(b"first@"),
+        "the call that met the dead target"
     );
     let via = seen.top_via().expect("Via").expect("parses");
     assert_eq!(via.transport(), b"TCP", "NAPTR chose TCP");

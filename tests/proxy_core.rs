@@ -983,6 +983,327 @@ fn an_unreachable_next_hop_is_answered_503_at_once() {
     assert_eq!(net.proxy.pending_transaction_count(), 0);
 }
 
+// ------------------------------------------------------ RFC 3263 failover of a request
+
+const PBX_B: &str = "10.0.0.101:5070";
+
+/// The proxy with a PBX of two targets, A (PBX) over `a` and B (PBX_B), A in use.
+fn two_target_pbx(a: Transport) -> Net {
+    let mut cfg = config();
+    cfg.pbx_transport = a;
+    let mut net = Net::with(cfg);
+    net.proxy.set_pbx_addresses(vec![addr(PBX), addr(PBX_B)]);
+    net
+}
+
+fn top_branch(msg: &Message) -> Vec<u8> {
+    msg.top_via().unwrap().unwrap().branch().unwrap().to_vec()
+}
+
+fn cancel_for(call: &str, branch: &str) -> String {
+    format!(
+        "CANCEL sip:+4930123456@pbx.example.com SIP/2.0
+Via: SIP/2.0/UDP 192.168.1.5:5062;branch={branch};rport
+Max-Forwards: 70
+From: <sip:201@pbx.example.com>;tag=ph1
+To: <sip:+4930123456@pbx.example.com>
+Call-ID: {call}
+CSeq: 1 CANCEL
+Content-Length: 0
+
+"
+    )
+}
+
+#[test]
+fn a_request_whose_pbx_target_is_unreachable_goes_to_the_next_target() {
+    let mut net = two_target_pbx(Transport::Tcp);
+    let out = net.receive(PHONE, &invite("fo1", "z9hG4bK-fo1"));
+    let to_a = only_to(&out, PBX);
+    // the driver's failover: the next target first, then the error
+    net.proxy.set_pbx(addr(PBX_B), Transport::Tcp);
+    net.proxy
+        .transport_error(net.now, Transport::Tcp, addr(PBX));
+    let out = net.drain();
+    assert!(to(&out, PHONE).is_empty(), "no 503 for the phone: {out:#?}");
+    let sent = to(&out, PBX_B);
+    assert_eq!(sent.len(), 1, "{out:#?}");
+    assert_eq!(sent[0].flow.transport, Transport::Tcp);
+    let to_b = parse(sent[0]);
+    assert_eq!(to_b.method(), Some(Method::Invite));
+    for name in [
+        HeaderName::CallId,
+        HeaderName::CSeq,
+        HeaderName::From,
+        HeaderName::To,
+    ] {
+        assert_eq!(to_b.header(name), to_a.header(name), "{name:?}");
+    }
+    assert_eq!(
+        values(&to_b, HeaderName::RecordRoute),
+        values(&to_a, HeaderName::RecordRoute),
+        "same listener towards B: same Record-Route"
+    );
+    assert_eq!(to_b.max_forwards().unwrap().unwrap(), 69);
+    let (vias_a, vias_b) = (
+        values(&to_a, HeaderName::Via),
+        values(&to_b, HeaderName::Via),
+    );
+    assert_eq!(vias_b.len(), 2);
+    assert_eq!(vias_b[1], vias_a[1], "the phone's Via as forwarded");
+    assert!(vias_b[0].starts_with("SIP/2.0/TCP 10.0.0.1:5060;branch=z9hG4bKpp"));
+    assert_ne!(top_branch(&to_b), top_branch(&to_a), "a new branch (§4.3)");
+    assert_eq!(net.proxy.stats().requests_forwarded, 2);
+    assert_eq!(net.proxy.transaction_count(), 1);
+
+    // a retransmission from the phone still finds the transaction
+    let again = net.receive(PHONE, &invite("fo1", "z9hG4bK-fo1"));
+    assert_eq!(status(&only_to(&again, PHONE)), 100);
+    assert!(to(&again, PBX_B).is_empty() && to(&again, PBX).is_empty());
+
+    // B answers: relayed to the phone
+    let out = net.receive(PBX_B, &answer(&to_b, 180, "Ringing", Some("b"), ""));
+    let ringing = only_to(&out, PHONE);
+    assert_eq!(status(&ringing), 180);
+    assert_eq!(values(&ringing, HeaderName::Via), vias_a[1..].to_vec());
+    let out = net.receive(PBX_B, &answer(&to_b, 200, "OK", Some("b"), ""));
+    assert_eq!(status(&only_to(&out, PHONE)), 200);
+    // nothing more: no 408 from A's old timers
+    let later = net.advance(Duration::from_secs(200));
+    assert!(to(&later, PHONE).is_empty(), "{later:#?}");
+}
+
+#[test]
+fn a_request_is_answered_503_once_every_pbx_target_failed() {
+    // B fails too and there is no other target: 503
+    let mut net = two_target_pbx(Transport::Tcp);
+    net.receive(PHONE, &invite("fo2", "z9hG4bK-fo2"));
+    net.proxy.set_pbx(addr(PBX_B), Transport::Tcp);
+    net.proxy
+        .transport_error(net.now, Transport::Tcp, addr(PBX));
+    assert_eq!(to(&net.drain(), PBX_B).len(), 1);
+    net.proxy
+        .transport_error(net.now, Transport::Tcp, addr(PBX_B));
+    let answer = only_to(&net.drain(), PHONE);
+    assert_eq!(status(&answer), 503);
+    assert_eq!(values(&answer, HeaderName::Via).len(), 1);
+    assert_eq!(net.proxy.pending_transaction_count(), 0);
+
+    // the target list wraps round to A (every target failed): no second failover,
+    // the request has been tried on as many targets as the PBX has
+    let mut net = two_target_pbx(Transport::Tcp);
+    net.receive(PHONE, &invite("fo3", "z9hG4bK-fo3"));
+    net.proxy.set_pbx(addr(PBX_B), Transport::Tcp);
+    net.proxy
+        .transport_error(net.now, Transport::Tcp, addr(PBX));
+    assert_eq!(to(&net.drain(), PBX_B).len(), 1);
+    net.proxy.set_pbx(addr(PBX), Transport::Tcp);
+    net.proxy
+        .transport_error(net.now, Transport::Tcp, addr(PBX_B));
+    let out = net.drain();
+    assert!(to(&out, PBX).is_empty(), "not back to A: {out:#?}");
+    assert_eq!(status(&only_to(&out, PHONE)), 503);
+
+    // a single PBX address: nowhere else to go
+    let mut cfg = config();
+    cfg.pbx_transport = Transport::Tcp;
+    let mut net = Net::with(cfg);
+    net.receive(PHONE, &invite("fo4", "z9hG4bK-fo4"));
+    net.proxy.set_pbx(addr(PBX_B), Transport::Tcp);
+    net.proxy
+        .transport_error(net.now, Transport::Tcp, addr(PBX));
+    let out = net.drain();
+    assert!(to(&out, PBX_B).is_empty(), "{out:#?}");
+    assert_eq!(status(&only_to(&out, PHONE)), 503);
+}
+
+#[test]
+fn a_request_that_had_a_response_is_not_sent_to_another_target() {
+    let mut net = two_target_pbx(Transport::Tcp);
+    let fwd = only_to(&net.receive(PHONE, &invite("fo5", "z9hG4bK-fo5")), PBX);
+    net.receive(PBX, &answer(&fwd, 100, "Trying", None, ""));
+    net.proxy.set_pbx(addr(PBX_B), Transport::Tcp);
+    net.proxy
+        .transport_error(net.now, Transport::Tcp, addr(PBX));
+    let out = net.drain();
+    assert!(to(&out, PBX_B).is_empty(), "A took it: {out:#?}");
+    assert_eq!(status(&only_to(&out, PHONE)), 503);
+}
+
+#[test]
+fn a_pbx_request_to_an_unreachable_phone_is_still_answered_503() {
+    let mut net = two_target_pbx(Transport::Tcp);
+    let call = "INVITE sip:201@10.1.0.5:5062;transport=tcp SIP/2.0
+Via: SIP/2.0/UDP 10.0.0.100:5070;branch=z9hG4bK-pbxfo
+Max-Forwards: 70
+From: <sip:+4930999@pbx.example.com>;tag=p1
+To: <sip:201@pbx.example.com>
+Call-ID: pbx-fo
+CSeq: 1 INVITE
+Content-Length: 0
+
+";
+    let out = net.receive(PBX, call);
+    assert_eq!(to(&out, PHONE).len(), 1);
+    net.proxy.set_pbx(addr(PBX_B), Transport::Tcp);
+    net.proxy
+        .transport_error(net.now, Transport::Tcp, addr(PHONE));
+    let out = net.drain();
+    assert_eq!(out.len(), 1, "{out:#?}");
+    assert_eq!(status(&only_to(&out, PBX)), 503);
+}
+
+#[test]
+fn failing_over_from_udp_to_tcp_rewrites_via_and_record_route_for_the_new_transport() {
+    let mut net = two_target_pbx(Transport::Udp);
+    let to_a = only_to(&net.receive(PHONE, &invite("fo6", "z9hG4bK-fo6")), PBX);
+    assert_eq!(values(&to_a, HeaderName::RecordRoute).len(), 1);
+    net.proxy.set_pbx(addr(PBX_B), Transport::Tcp);
+    net.proxy
+        .transport_error(net.now, Transport::Udp, addr(PBX));
+    let out = net.drain();
+    assert!(to(&out, PHONE).is_empty(), "{out:#?}");
+    let sent = to(&out, PBX_B);
+    assert_eq!(sent.len(), 1, "{out:#?}");
+    assert_eq!(sent[0].flow.transport, Transport::Tcp);
+    let to_b = parse(sent[0]);
+    let via = to_b.top_via().unwrap().unwrap();
+    assert_eq!(
+        via.transport(),
+        b"TCP",
+        "the transport the request now goes over"
+    );
+    assert_ne!(top_branch(&to_b), top_branch(&to_a));
+    // phone on UDP, PBX now on TCP: double Record-Route, the same flow token
+    let rr = values(&to_b, HeaderName::RecordRoute);
+    assert_eq!(rr.len(), 2, "{rr:?}");
+    assert!(
+        rr[0].contains(";transport=tcp;lr;r2=on"),
+        "top faces the PBX: {rr:?}"
+    );
+    assert!(
+        rr[1].ends_with(";lr;r2=on>") && !rr[1].contains("transport="),
+        "{rr:?}"
+    );
+    let token = |v: &str| v.split('@').next().unwrap().to_owned();
+    assert_eq!(
+        token(&rr[0]),
+        token(&values(&to_a, HeaderName::RecordRoute)[0])
+    );
+    assert_eq!(token(&rr[1]), token(&rr[0]));
+    // over TCP nothing is retransmitted, and A's UDP retransmissions stopped
+    let later = net.advance(Duration::from_secs(5));
+    assert!(later.is_empty(), "{later:#?}");
+    let out = net.receive(PBX_B, &answer(&to_b, 200, "OK", Some("b"), ""));
+    let ok = only_to(&out, PHONE);
+    assert_eq!(status(&ok), 200);
+    assert_eq!(
+        values(&ok, HeaderName::RecordRoute),
+        rr,
+        "the PBX's route set"
+    );
+}
+
+#[test]
+fn failing_over_from_tcp_to_udp_retransmits_on_timer_a_and_times_out() {
+    let mut net = two_target_pbx(Transport::Tcp);
+    let to_a = only_to(&net.receive(PHONE, &invite("fo7", "z9hG4bK-fo7")), PBX);
+    net.advance(Duration::from_secs(10));
+    net.proxy.set_pbx(addr(PBX_B), Transport::Udp);
+    net.proxy
+        .transport_error(net.now, Transport::Tcp, addr(PBX));
+    let to_b = only_to(&net.drain(), PBX_B);
+    assert_eq!(to_b.top_via().unwrap().unwrap().transport(), b"UDP");
+    assert_ne!(top_branch(&to_b), top_branch(&to_a));
+    // timers from scratch: A at T1, 2·T1, ...; B (408) 32 s after the failover
+    let out = net.advance(Duration::from_millis(500));
+    let again = only_to(&out, PBX_B);
+    assert_eq!(again.as_bytes(), to_b.as_bytes());
+    let out = net.advance(Duration::from_millis(31_000));
+    assert!(to(&out, PHONE).is_empty(), "{out:#?}");
+    let out = net.advance(Duration::from_millis(600));
+    assert_eq!(status(&only_to(&out, PHONE)), 408);
+}
+
+#[test]
+fn a_cancel_waiting_for_a_provisional_follows_the_request_to_the_next_target() {
+    let mut net = two_target_pbx(Transport::Tcp);
+    only_to(&net.receive(PHONE, &invite("fo8", "z9hG4bK-fo8")), PBX);
+    let out = net.receive(PHONE, &cancel_for("fo8", "z9hG4bK-fo8"));
+    assert_eq!(status(&only_to(&out, PHONE)), 200);
+    assert!(to(&out, PBX).is_empty());
+    net.proxy.set_pbx(addr(PBX_B), Transport::Tcp);
+    net.proxy
+        .transport_error(net.now, Transport::Tcp, addr(PBX));
+    let to_b = only_to(&net.drain(), PBX_B);
+    let out = net.receive(PBX_B, &answer(&to_b, 180, "Ringing", Some("b"), ""));
+    let down = to(&out, PBX_B);
+    assert_eq!(down.len(), 1, "{out:#?}");
+    assert_eq!(down[0].flow.transport, Transport::Tcp);
+    let cancel = parse(down[0]);
+    assert_eq!(cancel.method(), Some(Method::Cancel));
+    assert_eq!(
+        values(&cancel, HeaderName::Via),
+        values(&to_b, HeaderName::Via)[..1].to_vec(),
+        "the branch of the INVITE sent to B"
+    );
+    let out = net.receive(
+        PBX_B,
+        &answer(&to_b, 487, "Request Terminated", Some("b"), ""),
+    );
+    assert_eq!(only_to(&out, PBX_B).method(), Some(Method::Ack));
+    assert_eq!(status(&only_to(&out, PHONE)), 487);
+}
+
+#[test]
+fn a_register_failing_over_to_another_transport_names_the_new_listener() {
+    // alias mode: the aliased Contact names the TCP listener, with the same alias
+    let mut net = two_target_pbx(Transport::Udp);
+    let to_a = only_to(&net.receive(PHONE, &register(3600, "z9hG4bK-fo9")), PBX);
+    let contact_a = values(&to_a, HeaderName::Contact)[0].clone();
+    assert!(!contact_a.contains("transport="), "{contact_a}");
+    net.proxy.set_pbx(addr(PBX_B), Transport::Tcp);
+    net.proxy
+        .transport_error(net.now, Transport::Udp, addr(PBX));
+    let to_b = only_to(&net.drain(), PBX_B);
+    assert_eq!(to_b.top_via().unwrap().unwrap().transport(), b"TCP");
+    let contact_b = values(&to_b, HeaderName::Contact)[0].clone();
+    assert_eq!(
+        contact_b,
+        contact_a.replace(";ppa=", ";transport=tcp;ppa="),
+        "same alias, TCP listener"
+    );
+    let ok = only_to(&net.receive(PBX_B, &register_ok(&to_b, 3600)), PHONE);
+    assert_eq!(status(&ok), 200);
+    assert_eq!(
+        values(&ok, HeaderName::Contact)[0],
+        "<sip:201@192.168.1.5:5062;line=x1>;+sip.instance=\"<urn:uuid:1>\";expires=3600",
+        "the phone gets its own Contact back"
+    );
+    assert_eq!(net.proxy.binding_count(), 1);
+
+    // Path mode: our Path names the TCP listener, with the same flow token
+    let mut cfg = config();
+    cfg.pbx_path = true;
+    let mut net = Net::with(cfg);
+    net.proxy.set_pbx_addresses(vec![addr(PBX), addr(PBX_B)]);
+    let to_a = only_to(&net.receive(PHONE, &register(3600, "z9hG4bK-fo10")), PBX);
+    net.proxy.set_pbx(addr(PBX_B), Transport::Tcp);
+    net.proxy
+        .transport_error(net.now, Transport::Udp, addr(PBX));
+    let to_b = only_to(&net.drain(), PBX_B);
+    let (path_a, path_b) = (
+        values(&to_a, HeaderName::Path),
+        values(&to_b, HeaderName::Path),
+    );
+    assert_eq!(path_b.len(), 1, "{path_b:?}");
+    assert_eq!(path_b[0], path_a[0].replace(";lr>", ";transport=tcp;lr>"));
+    assert_eq!(
+        values(&to_b, HeaderName::Contact),
+        values(&to_a, HeaderName::Contact)
+    );
+}
+
 // ------------------------------------------------------------ observation of calls
 
 fn events(net: &mut Net) -> Vec<String> {

@@ -8,6 +8,7 @@
 
 use std::fmt;
 use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::classify::{CallClass, DndAction};
@@ -159,8 +160,8 @@ pub fn hash_bytes(bytes: &[u8]) -> u64 {
 /// One call leg at one phone.
 #[derive(Debug, Clone)]
 pub struct Call {
-    /// The Call-ID, copied once.
-    pub call_id: Box<str>,
+    /// The Call-ID, copied once and shared with the events it causes.
+    pub call_id: Arc<str>,
     /// The phone it runs on.
     pub phone: PhoneAddr,
     /// The extension it belongs to.

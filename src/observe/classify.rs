@@ -206,10 +206,13 @@ pub fn normalize_number(user: &[u8]) -> String {
     let unescaped = crate::sip::uri::unescape(user);
     let text = String::from_utf8_lossy(&unescaped);
     let number = text.split(';').next().unwrap_or_default();
-    number
-        .chars()
-        .filter(|c| !matches!(c, '-' | '.' | '(' | ')' | ' '))
-        .collect()
+    let mut out = String::with_capacity(number.len());
+    out.extend(
+        number
+            .chars()
+            .filter(|c| !matches!(c, '-' | '.' | '(' | ')' | ' ')),
+    );
+    out
 }
 
 #[cfg(test)]

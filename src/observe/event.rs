@@ -105,7 +105,7 @@ pub struct RecentEvent {
     /// What happened.
     pub event: ObserveEvent,
     /// The call that caused it, if any.
-    pub call_id: Option<String>,
+    pub call_id: Option<Arc<str>>,
 }
 
 /// Everything known about one extension's phone side.

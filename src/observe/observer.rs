@@ -9,6 +9,7 @@
 //! hash lookup, and allocates nothing; a new call costs its own record.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tracing::{debug, info, warn};
@@ -378,7 +379,8 @@ impl Observer {
             invite_cseq: cseq.seq(),
             state: CallState::Trying,
             invite_done: false,
-            confirmed: Vec::new(),
+            // room for the one dialog nearly every call has: its 2xx allocates nothing
+            confirmed: Vec::with_capacity(1),
             deadline,
             session_interval: None,
             started: now,
@@ -552,7 +554,7 @@ impl Observer {
         }
     }
 
-    fn publish_phase(&mut self, now: Instant, ext: &Extension, call_id: &str) {
+    fn publish_phase(&mut self, now: Instant, ext: &Extension, call_id: &Arc<str>) {
         let Some(state) = self.exts.get_mut(ext) else {
             return;
         };
@@ -630,16 +632,19 @@ impl Observer {
         Some(self.intern(&user))
     }
 
-    fn emit(&mut self, now: Instant, event: ObserveEvent, call_id: Option<&str>) {
-        info!(ext = %event.extension(), call_id = call_id.unwrap_or("-"), event = %event, "phone state");
+    fn emit(&mut self, now: Instant, event: ObserveEvent, call_id: Option<&Arc<str>>) {
+        info!(ext = %event.extension(), call_id = call_id.map_or("-", |c| &**c), event = %event, "phone state");
         if let Some(state) = self.exts.get_mut(event.extension()) {
             if state.recent.len() >= RECENT_PER_EXTENSION {
                 state.recent.pop_front();
+            } else if state.recent.capacity() == 0 {
+                // once per extension: the history never grows after this
+                state.recent.reserve_exact(RECENT_PER_EXTENSION);
             }
             state.recent.push_back(RecentEvent {
                 at: now,
                 event: event.clone(),
-                call_id: call_id.map(str::to_owned),
+                call_id: call_id.cloned(),
             });
         }
         if self.events.len() >= MAX_QUEUED_EVENTS {
@@ -657,7 +662,7 @@ impl Observer {
         ext: &Extension,
         on: bool,
         source: DndSource,
-        call_id: Option<String>,
+        call_id: Option<Arc<str>>,
     ) {
         let state = self.exts.entry(ext.clone()).or_default();
         // a presence document without a DND marker clears only what presence set:
@@ -677,7 +682,7 @@ impl Observer {
                 ext: ext.clone(),
                 on,
             },
-            call_id.as_deref(),
+            call_id.as_ref(),
         );
     }
 
@@ -807,10 +812,10 @@ fn is_event(msg: &Message, package: &str) -> bool {
         .is_some_and(|e| e.package().eq_ignore_ascii_case(package.as_bytes()))
 }
 
-fn call_id_text(msg: &Message) -> Option<String> {
+fn call_id_text(msg: &Message) -> Option<Arc<str>> {
     msg.call_id()
         .and_then(Result::ok)
-        .map(|id| String::from_utf8_lossy(id).into_owned())
+        .map(|id| Arc::from(String::from_utf8_lossy(id)))
 }
 
 fn transaction_key(msg: &Message) -> Option<(u64, u32)> {

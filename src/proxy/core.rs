@@ -141,6 +141,37 @@ fn host_port(addr: SocketAddr) -> String {
     }
 }
 
+/// Our Path value for a phone's REGISTER (RFC 3327): the phone flow's `token` at the
+/// listener facing the PBX.
+fn path_value(token: u64, listener: Listener) -> String {
+    let mut path = format!(
+        "<sip:{}@{}",
+        token_text(token),
+        host_port(listener.advertised)
+    );
+    if listener.transport != Transport::Udp {
+        let _ = write!(path, ";transport={}", listener.transport.uri_param());
+    }
+    path.push_str(";lr>");
+    path
+}
+
+/// The URI replacing a phone's Contact in alias mode: the contact's user at `listener`,
+/// with the alias `token`.
+fn alias_uri(user: Option<&[u8]>, listener: Listener, token: u64) -> String {
+    let mut alias = String::from("sip:");
+    if let Some(user) = user {
+        alias.push_str(&lossy(user));
+        alias.push('@');
+    }
+    alias.push_str(&host_port(listener.advertised));
+    if listener.transport != Transport::Udp {
+        let _ = write!(alias, ";transport={}", listener.transport.uri_param());
+    }
+    let _ = write!(alias, ";{ALIAS_PARAM}={}", token_text(token));
+    alias
+}
+
 /// Parses a URI host (IPv6 with brackets) as an IP address.
 fn host_ip(host: &[u8]) -> Option<IpAddr> {
     let text = std::str::from_utf8(host).ok()?;
@@ -250,7 +281,8 @@ impl Proxy {
     }
 
     /// Sends new requests for the PBX to `addr` over `transport` (RFC 3263 failover or
-    /// a new resolution); open transactions keep their next hop.
+    /// a new resolution); open transactions keep their next hop, unless
+    /// [`Proxy::transport_error`] then reports theirs unreachable.
     pub fn set_pbx(&mut self, addr: SocketAddr, transport: Transport) {
         self.config.pbx = addr;
         self.config.pbx_transport = transport;
@@ -640,6 +672,7 @@ impl Proxy {
             ack: None,
             cancel_pending: false,
             cancelled: false,
+            failovers: 0,
             generations: [0; 5],
             created: now,
         };
@@ -809,32 +842,7 @@ impl Proxy {
                 .aliases
                 .flow_token(now, target.phone_flow)
                 .map_err(|_| (503u16, "Service Unavailable"))?;
-            let token = token_text(token);
-            let double = in_listener.advertised != out_listener.advertised
-                || in_listener.transport != out_listener.transport;
-            let rr = |l: Listener, r2: bool| {
-                let mut v = String::with_capacity(64);
-                v.push_str("<sip:");
-                v.push_str(&token);
-                v.push('@');
-                v.push_str(&self.addr_text(l.advertised));
-                if l.transport != Transport::Udp {
-                    v.push_str(";transport=");
-                    v.push_str(l.transport.uri_param());
-                }
-                v.push_str(";lr");
-                if r2 {
-                    v.push_str(";r2=on");
-                }
-                v.push('>');
-                v
-            };
-            if double {
-                edit.prepend_record_route(rr(out_listener, true).as_bytes());
-                edit.prepend_record_route(rr(in_listener, true).as_bytes());
-            } else {
-                edit.prepend_record_route(rr(out_listener, false).as_bytes());
-            }
+            self.add_record_route(&mut edit, &token_text(token), in_listener, out_listener);
         }
         if method == Method::Register && side == Side::Phone {
             if self.config.pbx_path {
@@ -842,32 +850,66 @@ impl Proxy {
                     .aliases
                     .flow_token(now, flow)
                     .map_err(|_| (503u16, "Service Unavailable"))?;
-                let mut path = format!(
-                    "<sip:{}@{}",
-                    token_text(token),
-                    host_port(out_listener.advertised)
-                );
-                if out_listener.transport != Transport::Udp {
-                    let _ = write!(path, ";transport={}", out_listener.transport.uri_param());
-                }
-                path.push_str(";lr>");
-                edit.prepend_path(path.as_bytes());
+                edit.prepend_path(path_value(token, out_listener).as_bytes());
             } else {
                 self.alias_register_contacts(now, flow, msg, &mut edit, out_listener)?;
             }
         }
+        let via = self.via_value(target.flow.transport, out_listener, branch);
+        edit.push_via(via.as_bytes());
+        Ok(edit.finish())
+    }
+
+    /// Our Via for a request sent over `transport` from `listener`: the transport
+    /// actually used to send (RFC 3261 §18.1.1), even when no listener of that
+    /// transport exists (TLS to the PBX without a TLS listener).
+    fn via_value(&self, transport: Transport, listener: Listener, branch: &str) -> String {
         let mut via = String::with_capacity(64);
         via.push_str("SIP/2.0/");
-        // the transport actually used to send (RFC 3261 §18.1.1), even when no
-        // listener of that transport exists (TLS to the PBX without a TLS listener)
-        via.push_str(target.flow.transport.via_token());
+        via.push_str(transport.via_token());
         via.push(' ');
-        via.push_str(&self.addr_text(out_listener.advertised));
+        via.push_str(&self.addr_text(listener.advertised));
         via.push_str(";branch=");
         via.push_str(branch);
         via.push_str(";rport");
-        edit.push_via(via.as_bytes());
-        Ok(edit.finish())
+        via
+    }
+
+    /// Adds our Record-Route naming the phone flow `token`: one value when the request
+    /// comes in and goes out on the same listener, else one per listener with `r2=on`
+    /// (RFC 5658), the outbound one on top.
+    fn add_record_route(
+        &self,
+        edit: &mut Editor<'_>,
+        token: &str,
+        inbound: Listener,
+        outbound: Listener,
+    ) {
+        let double =
+            inbound.advertised != outbound.advertised || inbound.transport != outbound.transport;
+        let rr = |l: Listener, r2: bool| {
+            let mut v = String::with_capacity(64);
+            v.push_str("<sip:");
+            v.push_str(token);
+            v.push('@');
+            v.push_str(&self.addr_text(l.advertised));
+            if l.transport != Transport::Udp {
+                v.push_str(";transport=");
+                v.push_str(l.transport.uri_param());
+            }
+            v.push_str(";lr");
+            if r2 {
+                v.push_str(";r2=on");
+            }
+            v.push('>');
+            v
+        };
+        if double {
+            edit.prepend_record_route(rr(outbound, true).as_bytes());
+            edit.prepend_record_route(rr(inbound, true).as_bytes());
+        } else {
+            edit.prepend_record_route(rr(outbound, false).as_bytes());
+        }
     }
 
     /// Replaces each Contact of a phone's REGISTER with an alias naming this proxy.
@@ -902,16 +944,7 @@ impl Proxy {
             let user = Uri::parse(contact)
                 .ok()
                 .and_then(|u| u.user().map(<[u8]>::to_vec));
-            let mut alias = String::from("sip:");
-            if let Some(user) = user {
-                alias.push_str(&lossy(&user));
-                alias.push('@');
-            }
-            alias.push_str(&host_port(listener.advertised));
-            if listener.transport != Transport::Udp {
-                let _ = write!(alias, ";transport={}", listener.transport.uri_param());
-            }
-            let _ = write!(alias, ";{ALIAS_PARAM}={}", token_text(token));
+            let alias = alias_uri(user.as_deref(), listener, token);
             edit.set_contact_uri(index, alias.as_bytes())
                 .map_err(|_| (400u16, "Bad Request - Malformed Contact"))?;
         }
@@ -1395,8 +1428,15 @@ impl Proxy {
     }
 
     /// The next hop could not be reached over `transport` at `remote` (connection
-    /// refused, TLS verification failed): every request waiting on it is answered 503.
+    /// refused, TLS verification failed). When it is one of the PBX's targets and the
+    /// PBX target in use is now another (the caller failed over with
+    /// [`Proxy::set_pbx`] first), each request that went there and has had no response
+    /// is sent again to the target in use (RFC 3263 §4.3); every other request waiting
+    /// on `remote` is answered 503.
     pub fn transport_error(&mut self, now: Instant, transport: Transport, remote: SocketAddr) {
+        let next = self.pbx_flow();
+        let fail_over =
+            self.is_pbx_target(remote) && (next.transport, next.remote) != (transport, remote);
         let failed: Vec<u64> = self
             .txns
             .values()
@@ -1411,8 +1451,151 @@ impl Proxy {
             .map(|t| t.id)
             .collect();
         for id in failed {
+            if fail_over && self.fail_over(now, id, next) {
+                continue;
+            }
             self.give_up(now, id, 503, "Service Unavailable");
         }
+    }
+
+    /// Whether `addr` is one of the PBX's resolved addresses.
+    fn is_pbx_target(&self, addr: SocketAddr) -> bool {
+        self.config.pbx == addr || self.pbx_addresses.contains(&addr)
+    }
+
+    /// How many targets the PBX has: one per resolved address (an address reached over
+    /// two transports counts twice), at least the one in use.
+    fn pbx_target_count(&self) -> usize {
+        let listed = self.pbx_addresses.len();
+        if self.pbx_addresses.contains(&self.config.pbx) {
+            listed
+        } else {
+            listed + 1
+        }
+    }
+
+    /// Sends transaction `id`'s request, whose PBX target could not be reached, to the
+    /// PBX target `to` instead (RFC 3263 §4.3): as a new client transaction, under a
+    /// new id and so a new branch, with its Via (and, when the listener facing the PBX
+    /// changes, its Record-Route, Path or aliased Contacts) rewritten and its timers
+    /// started afresh. A CANCEL still waiting for a provisional follows it there.
+    /// False, leaving the transaction alone, when it may not: a response came already
+    /// (the target took the request), the sender has its answer, or the request has
+    /// been tried on as many targets as the PBX has.
+    fn fail_over(&mut self, now: Instant, id: u64, to: Flow) -> bool {
+        let limit = self.pbx_target_count();
+        let Some(txn) = self.txns.get(&id) else {
+            return false;
+        };
+        if txn.client_state != ClientState::Calling
+            || txn.server_state != ServerState::Proceeding
+            || usize::from(txn.failovers) + 1 >= limit
+            || txn.failovers == u8::MAX
+        {
+            return false;
+        }
+        let (upstream, from) = (txn.upstream, txn.downstream);
+        let Some(request) = txn.forwarded() else {
+            return false;
+        };
+        let new_id = self.next_id;
+        let branch = self.new_branch(new_id);
+        let Some(bytes) = self.retarget(&request, upstream, from, to, &branch) else {
+            return false;
+        };
+        let Some(mut txn) = self.txns.remove(&id) else {
+            return false;
+        };
+        self.next_id += 1;
+        // the old id's deadlines find no transaction and are ignored (a response to the
+        // old branch finds none either: the target never had the request)
+        txn.id = new_id;
+        txn.branch = branch.into_bytes().into_boxed_slice();
+        txn.downstream = to;
+        txn.request = Some(bytes.clone());
+        txn.retransmit_interval = T1;
+        txn.failovers = txn.failovers.saturating_add(1);
+        self.by_server_key.insert(txn.server_key.clone(), new_id);
+        self.txns.insert(new_id, txn);
+        warn!(
+            failed = %from.remote,
+            pbx = %to.remote,
+            transport = %to.transport,
+            "PBX target unreachable: request sent to the next"
+        );
+        if to.transport == Transport::Udp {
+            self.schedule(new_id, TimerKind::Retransmit, now + T1);
+        }
+        self.schedule(new_id, TimerKind::Timeout, now + TIMEOUT);
+        self.stats.requests_forwarded += 1;
+        self.send(to, bytes);
+        true
+    }
+
+    /// The forwarded `request` (sent from `upstream` towards `from`) rewritten for the
+    /// next hop `to`: our Via replaced by one naming `to`'s transport and `branch`;
+    /// when the listener facing the next hop changes, our Record-Route, Path and
+    /// aliased Contacts name the new one.
+    fn retarget(
+        &self,
+        request: &Message,
+        upstream: Flow,
+        from: Flow,
+        to: Flow,
+        branch: &str,
+    ) -> Option<Bytes> {
+        let old_out = self.listener_of(&from);
+        let new_out = self.listener_of(&to);
+        let mut edit = Editor::new(request);
+        edit.pop_via().ok()?;
+        if old_out != new_out {
+            // our Record-Route is on top: one value, or two marked r2 (see
+            // add_record_route), with the phone flow's token in the user part
+            let own_rr = request
+                .record_routes()
+                .next()
+                .and_then(Result::ok)
+                .filter(|rr| self.is_own_uri(rr.uri()))
+                .and_then(|rr| {
+                    let token = rr.uri().user().and_then(parse_token)?;
+                    let count = if rr.uri().params().contains("r2") {
+                        2
+                    } else {
+                        1
+                    };
+                    Some((token, count))
+                });
+            if let Some((token, count)) = own_rr {
+                edit.pop_values(HeaderName::RecordRoute, count).ok()?;
+                let inbound = self.listener_of(&upstream);
+                self.add_record_route(&mut edit, &token_text(token), inbound, new_out);
+            }
+            if request.method() == Some(Method::Register) {
+                let own_path = request
+                    .paths()
+                    .next()
+                    .and_then(Result::ok)
+                    .filter(|p| self.is_own_uri(p.uri()))
+                    .and_then(|p| p.uri().user().and_then(parse_token));
+                if let Some(token) = own_path {
+                    edit.pop_values(HeaderName::Path, 1).ok()?;
+                    edit.prepend_path(path_value(token, new_out).as_bytes());
+                }
+                for (index, contact) in request.contacts().enumerate() {
+                    let Ok(ContactValue::Address(address)) = contact else {
+                        continue;
+                    };
+                    let uri = address.uri();
+                    let alias = uri.params().value(ALIAS_PARAM).and_then(parse_token);
+                    if let Some(token) = alias.filter(|_| self.is_own_uri(uri)) {
+                        let alias = alias_uri(uri.user(), new_out, token);
+                        edit.set_contact_uri(index, alias.as_bytes()).ok()?;
+                    }
+                }
+            }
+        }
+        edit.push_via(self.via_value(to.transport, new_out, branch).as_bytes());
+        Some(edit.finish())
     }
 
     fn remove(&mut self, id: u64) {

@@ -128,6 +128,9 @@ pub struct Txn {
     pub cancel_pending: bool,
     /// A CANCEL went downstream.
     pub cancelled: bool,
+    /// How often the request was re-sent to another PBX target because the one it went
+    /// to could not be reached (RFC 3263 §4.3); bounded by the PBX's target count.
+    pub failovers: u8,
     /// Per timer kind, bumped whenever that timer is rescheduled or cancelled, so that
     /// stale deadlines are recognised when they fire.
     pub generations: [u32; 5],
