@@ -873,7 +873,13 @@ impl Source<'_> {
                     self.invalid(
                         entry.span(),
                         format!("calls.{key}[{index}]"),
-                        format!("{:?} is not a regular expression: {err}", entry.get_ref()),
+                        format!(
+                            "{:?} is not a regular expression: {}",
+                            entry.get_ref(),
+                            // the regex error draws a caret under the pattern: keep its
+                            // last line, the reason
+                            err.to_string().lines().last().unwrap_or_default().trim()
+                        ),
                     )
                 })?;
                 out.push(entry.get_ref().clone());

@@ -748,3 +748,87 @@ fn tls_towards_the_pbx_needs_its_ca() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+// ---------------------------------------------------------------------------------
+// [calls] and [dnd]
+
+#[test]
+fn calls_and_dnd_default_and_load() {
+    let config = Config::from_toml(MINIMAL, Path::new(FILE)).unwrap();
+    let observe = config.observe_config();
+    assert_eq!(observe.rules.dnd_on_codes, ["*78"]);
+    assert_eq!(observe.rules.internal_patterns.len(), 1);
+    assert_eq!(observe.stale_call_timeout, Duration::from_secs(14_400));
+
+    let text = format!(
+        "{MINIMAL}\n[calls]\ninternal_patterns = [\"^2[0-9]{{2}}$\"]\nfeature_code_patterns = [\"^97$\"]\n\
+         extensions = [\"201\", \"+49-30-1234\"]\ncaller_identity = [\"from\"]\n\
+         stale_call_timeout_seconds = 600\n\n[dnd]\non_codes = [\"%2A74\"]\noff_codes = []\n"
+    );
+    let config = Config::from_toml(&text, Path::new(FILE)).unwrap();
+    let observe = config.observe_config();
+    let rules = &observe.rules;
+    use presence_proxy::observe::{CallClass, DndAction, IdentitySource};
+    assert_eq!(rules.classify("250", |_| false), CallClass::Internal);
+    assert_eq!(rules.classify("350", |_| false), CallClass::External);
+    assert_eq!(rules.classify("97", |_| false), CallClass::StarCode(None));
+    assert_eq!(
+        rules.classify("*74", |_| false),
+        CallClass::StarCode(Some(DndAction::On)),
+        "codes are normalised like dialled numbers"
+    );
+    assert_eq!(rules.classify("*79", |_| false), CallClass::StarCode(None));
+    assert_eq!(rules.caller_identity, [IdentitySource::From]);
+    assert_eq!(observe.directory, ["201", "+49301234"]);
+    assert_eq!(observe.stale_call_timeout, Duration::from_secs(600));
+    assert_eq!(
+        config.dnd.toggle_codes,
+        ["*76"],
+        "unset keys keep their default"
+    );
+}
+
+#[test]
+fn calls_errors_name_the_entry() {
+    let err = load_err(&format!(
+        "{MINIMAL}\n[calls]\ninternal_patterns = [\"^1\", \"([0-9]\"]\n"
+    ));
+    assert_at(
+        &err,
+        8,
+        28,
+        "calls.internal_patterns[1]",
+        ConfigErrorKind::Invalid,
+    );
+    assert!(
+        err.message().contains("regular expression") && err.message().contains("unclosed group"),
+        "{err}"
+    );
+    assert!(!err.to_string().contains('\n'), "one line: {err}");
+
+    let err = load_err(&format!(
+        "{MINIMAL}\n[calls]\ncaller_identity = [\"pai\"]\n"
+    ));
+    assert_at(
+        &err,
+        8,
+        20,
+        "calls.caller_identity[0]",
+        ConfigErrorKind::Invalid,
+    );
+
+    let err = load_err(&format!(
+        "{MINIMAL}\n[calls]\nstale_call_timeout_seconds = 5\n"
+    ));
+    assert_at(
+        &err,
+        8,
+        30,
+        "calls.stale_call_timeout_seconds",
+        ConfigErrorKind::Invalid,
+    );
+
+    let err = load_err(&format!("{MINIMAL}\n[dnd]\non_code = [\"*78\"]\n"));
+    assert_eq!(err.kind(), ConfigErrorKind::UnknownKey, "{err}");
+    assert_eq!(err.line(), 8, "{err}");
+}
