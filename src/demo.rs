@@ -1,7 +1,9 @@
 //! `presence-proxy demo`: the proxy on loopback with an embedded configuration, a small
 //! PBX stand-in behind it, and one scripted phone in front of it. The phone registers,
-//! calls out, and is called back, every message crossing the proxy. A transcript shows
-//! what each side saw; then the proxy keeps running for real phones or SIPp until Ctrl-C.
+//! calls out, is called back and dials `*78`, every message crossing the proxy. A
+//! transcript shows what each side saw and what the proxy observed of extension 201
+//! (its external calls and DND); then the proxy keeps running for real phones or SIPp
+//! until Ctrl-C, printing what it observes.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -10,8 +12,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::net::UdpSocket;
+use tokio::sync::broadcast;
 
 use crate::config::Config;
+use crate::observe::ObserveEvent;
 use crate::runtime;
 use crate::sip::build::ResponseBuilder;
 use crate::sip::{HeaderName, Message, Method};
@@ -144,7 +148,71 @@ fn uac_routes(ok: &Message) -> String {
     routes.iter().map(|r| format!("Route: {r}\r\n")).collect()
 }
 
-async fn script(proxy: SocketAddr, pbx: SocketAddr) -> Result<(), DemoError> {
+/// Prints what the proxy observed since the last call (every event of a step is sent
+/// before the message that caused it is forwarded, so a finished step has them all).
+fn show_events(events: &mut broadcast::Receiver<ObserveEvent>, seen: &mut Vec<ObserveEvent>) {
+    while let Ok(event) = events.try_recv() {
+        println!("   observed: {event}");
+        seen.push(event);
+    }
+}
+
+/// The phone dials `dialled`; the PBX rings and answers; the phone hangs up.
+async fn outgoing_call(
+    phone: &Endpoint,
+    pbx_side: &Endpoint,
+    dialled: &str,
+    call: &str,
+) -> Result<(), DemoError> {
+    let me = phone.socket.local_addr()?;
+    let pbx = pbx_side.socket.local_addr()?;
+    let contact = format!("sip:201@{me}");
+    phone
+        .send(Bytes::from(format!(
+            "INVITE sip:{dialled}@pbx.example.com SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK-{call}-i1;rport\r\nMax-Forwards: 70\r\nFrom: <sip:201@pbx.example.com>;tag=ph201c\r\nTo: <sip:{dialled}@pbx.example.com>\r\nCall-ID: {call}@{me}\r\nCSeq: 1 INVITE\r\nContact: <{contact}>\r\nContent-Length: 0\r\n\r\n"
+        )))
+        .await?;
+    let invite = pbx_side
+        .recv_until(|m| m.method() == Some(Method::Invite))
+        .await?;
+    pbx_side
+        .send(answer(&invite, 180, "Ringing", "pbx-out", None))
+        .await?;
+    pbx_side
+        .send(answer(
+            &invite,
+            200,
+            "OK",
+            "pbx-out",
+            Some(&format!("sip:pbx@{pbx}")),
+        ))
+        .await?;
+    let ok = phone.recv_until(|m| m.status() == Some(200)).await?;
+    let routes = uac_routes(&ok);
+    for (method, cseq, branch) in [("ACK", 1, "a1"), ("BYE", 2, "b1")] {
+        phone
+            .send(Bytes::from(format!(
+                "{method} sip:pbx@{pbx} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK-{call}-{branch};rport\r\n{routes}Max-Forwards: 70\r\nFrom: <sip:201@pbx.example.com>;tag=ph201c\r\nTo: {}\r\nCall-ID: {call}@{me}\r\nCSeq: {cseq} {method}\r\nContent-Length: 0\r\n\r\n",
+                header(&ok, HeaderName::To)
+            )))
+            .await?;
+        let got = pbx_side.recv().await?;
+        if method == "BYE" {
+            pbx_side
+                .send(ResponseBuilder::new(&got, 200, "OK").build())
+                .await?;
+            phone.recv_until(|m| m.status() == Some(200)).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn script(
+    proxy: SocketAddr,
+    pbx: SocketAddr,
+    events: &mut broadcast::Receiver<ObserveEvent>,
+) -> Result<Vec<ObserveEvent>, DemoError> {
+    let mut seen = Vec::new();
     let phone = Endpoint {
         name: "phone",
         socket: UdpSocket::bind("127.0.0.1:0").await?,
@@ -181,43 +249,8 @@ async fn script(proxy: SocketAddr, pbx: SocketAddr) -> Result<(), DemoError> {
     println!("   The PBX stored {alias}: the proxy's alias for the phone.");
 
     println!("\n2. 201 calls an external number; the PBX answers and 201 hangs up:");
-    phone
-        .send(Bytes::from(format!(
-            "INVITE sip:+4930123456@pbx.example.com SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK-demo-i1;rport\r\nMax-Forwards: 70\r\nFrom: <sip:201@pbx.example.com>;tag=ph201c\r\nTo: <sip:+4930123456@pbx.example.com>\r\nCall-ID: demo-out@{me}\r\nCSeq: 1 INVITE\r\nContact: <{contact}>\r\nContent-Length: 0\r\n\r\n"
-        )))
-        .await?;
-    let invite = pbx_side
-        .recv_until(|m| m.method() == Some(Method::Invite))
-        .await?;
-    pbx_side
-        .send(answer(&invite, 180, "Ringing", "pbx-out", None))
-        .await?;
-    pbx_side
-        .send(answer(
-            &invite,
-            200,
-            "OK",
-            "pbx-out",
-            Some(&format!("sip:pbx@{pbx}")),
-        ))
-        .await?;
-    let ok = phone.recv_until(|m| m.status() == Some(200)).await?;
-    let routes = uac_routes(&ok);
-    for (method, cseq, branch) in [("ACK", 1, "z9hG4bK-demo-a1"), ("BYE", 2, "z9hG4bK-demo-b1")] {
-        phone
-            .send(Bytes::from(format!(
-                "{method} sip:pbx@{pbx} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch={branch};rport\r\n{routes}Max-Forwards: 70\r\nFrom: <sip:201@pbx.example.com>;tag=ph201c\r\nTo: {}\r\nCall-ID: demo-out@{me}\r\nCSeq: {cseq} {method}\r\nContent-Length: 0\r\n\r\n",
-                header(&ok, HeaderName::To)
-            )))
-            .await?;
-        let got = pbx_side.recv().await?;
-        if method == "BYE" {
-            pbx_side
-                .send(ResponseBuilder::new(&got, 200, "OK").build())
-                .await?;
-            phone.recv_until(|m| m.status() == Some(200)).await?;
-        }
-    }
+    outgoing_call(&phone, &pbx_side, "+4930123456", "demo-out").await?;
+    show_events(events, &mut seen);
 
     println!("\n3. The PBX calls 201 at the alias; the proxy finds the phone; the PBX hangs up:");
     pbx_side
@@ -258,12 +291,25 @@ async fn script(proxy: SocketAddr, pbx: SocketAddr) -> Result<(), DemoError> {
             pbx_side.recv_until(|m| m.status() == Some(200)).await?;
         }
     }
-    Ok(())
+    show_events(events, &mut seen);
+
+    println!("\n4. 201 dials *78 (DND on); the PBX accepts the code:");
+    outgoing_call(&phone, &pbx_side, "*78", "demo-dnd").await?;
+    show_events(events, &mut seen);
+    Ok(seen)
 }
 
 async fn demo_async() -> Result<(), DemoError> {
     let config = Config::from_toml(DEMO_CONFIG, Path::new("config/loopback.toml (embedded)"))?;
-    let handle = runtime::start(&config).await?;
+    let keep_running = std::env::var_os("PRESENCE_PROXY_DEMO_ONCE").is_none();
+    run(&config, keep_running).await.map(|_| ())
+}
+
+/// Starts the proxy with `config`, runs the scripted phone and PBX stand-in through it
+/// (the PBX stand-in binds `pbx.host:pbx.port`), and returns what the proxy observed.
+/// With `keep_running`, the proxy then serves real phones until Ctrl-C.
+pub async fn run(config: &Config, keep_running: bool) -> Result<Vec<ObserveEvent>, DemoError> {
+    let handle = runtime::start(config).await?;
     let proxy = handle
         .local_addr(Transport::Udp)
         .ok_or_else(|| DemoError::Script("no UDP listener".into()))?;
@@ -272,15 +318,29 @@ async fn demo_async() -> Result<(), DemoError> {
         config.pbx.port_or_default(),
     );
     println!("presence-proxy is running: phones → udp/tcp {proxy}, PBX stand-in at udp {pbx}.");
-    let outcome = script(proxy, pbx).await;
+    let mut events = handle.phone_events();
+    let outcome = script(proxy, pbx, &mut events).await;
     match &outcome {
-        Ok(()) => println!(
+        Ok(_) => println!(
             "\nEvery message above crossed the proxy. It keeps running on {proxy}: point a phone's outbound proxy (or SIPp) at it. Ctrl-C stops it."
         ),
         Err(e) => println!("\n{e}"),
     }
-    if outcome.is_ok() && std::env::var_os("PRESENCE_PROXY_DEMO_ONCE").is_none() {
+    if outcome.is_ok() && keep_running {
+        // from here on, what real phones do through the proxy
+        let live = tokio::spawn(async move {
+            loop {
+                match events.recv().await {
+                    Ok(event) => println!("observed: {event}"),
+                    Err(broadcast::error::RecvError::Lagged(missed)) => {
+                        println!("observed: ({missed} events missed)");
+                    }
+                    Err(broadcast::error::RecvError::Closed) => break,
+                }
+            }
+        });
         runtime::shutdown_signal().await;
+        live.abort();
     }
     handle.shutdown().await;
     outcome
