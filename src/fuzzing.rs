@@ -13,6 +13,8 @@
 //! - [`stream`]: one control byte (chunking and limits), then the stream bytes.
 //! - [`edit_round_trip`]: two bytes of edit flags, one argument byte, then the message.
 //! - [`proxy_core`]: records of source, clock advance, length and message bytes.
+//! - [`observe`]: records of direction and phone, clock advance, length and message
+//!   bytes.
 
 use std::borrow::Cow;
 
@@ -967,11 +969,14 @@ impl Expected<'_> {
 /// Checks, after every step:
 /// - the core never panics;
 /// - it holds at most its configured number of transactions and aliases;
-/// - every request it sends to the PBX parses and validates (it forwards only valid SIP);
+/// - every request it sends to the PBX parses and validates (it forwards only valid
+///   SIP), except for the To of its ACK for a non-2xx response, which must echo the
+///   response's To as it came (RFC 3261 §17.1.1.3);
 /// - it sends only to the PBX, to the allowed phone networks, or back to a source that
 ///   just spoke to it (a stranger gets its 403): never anywhere else (no open relay).
 ///
-/// And at the end, once every timer has run out, no transaction is left.
+/// And at the end, once every timer has run out, no transaction is left, and the
+/// observer tracks no call.
 pub fn proxy_core(data: &[u8]) {
     use std::net::SocketAddr;
     use std::time::{Duration, Instant};
@@ -1018,6 +1023,8 @@ pub fn proxy_core(data: &[u8]) {
     let start = Instant::now();
     let mut now = start;
     let mut rest = data;
+    // the To values of the responses sent to the proxy, which its ACKs must echo
+    let mut response_tos: Vec<Vec<u8>> = Vec::new();
     while rest.len() >= 4 {
         let (source, advance) = (rest[0], rest[1]);
         let len = usize::from(u16::from_le_bytes([rest[2], rest[3]])).min(rest.len() - 4);
@@ -1027,7 +1034,7 @@ pub fn proxy_core(data: &[u8]) {
         while let Some(at) = proxy.poll_timeout().filter(|&at| at <= until) {
             now = now.max(at);
             proxy.handle_timeout(now);
-            drain_checked(&mut proxy, pbx, &phones, None);
+            drain_checked(&mut proxy, pbx, &phones, None, &response_tos);
         }
         now = until;
         let phone = SocketAddr::new(
@@ -1064,8 +1071,13 @@ pub fn proxy_core(data: &[u8]) {
                 conn: None,
             },
         };
+        if let Ok(msg) = Message::parse(Bytes::copy_from_slice(bytes)) {
+            if let (false, Some(to)) = (msg.is_request(), msg.header(HeaderName::To)) {
+                response_tos.push(to.to_vec());
+            }
+        }
         proxy.handle_datagram(now, flow, Bytes::copy_from_slice(bytes));
-        drain_checked(&mut proxy, pbx, &phones, Some(flow.remote));
+        drain_checked(&mut proxy, pbx, &phones, Some(flow.remote), &response_tos);
         assert!(
             proxy.transaction_count() <= MAX,
             "{} transactions, limit {MAX}",
@@ -1081,7 +1093,7 @@ pub fn proxy_core(data: &[u8]) {
     let end = now + Duration::from_secs(24 * 3600);
     while let Some(at) = proxy.poll_timeout().filter(|&at| at <= end) {
         proxy.handle_timeout(at);
-        drain_checked(&mut proxy, pbx, &phones, None);
+        drain_checked(&mut proxy, pbx, &phones, None, &response_tos);
     }
     assert_eq!(
         proxy.transaction_count(),
@@ -1089,6 +1101,11 @@ pub fn proxy_core(data: &[u8]) {
         "transactions outlived every timer"
     );
     assert_eq!(proxy.alias_count(), 0, "aliases outlived their lifetime");
+    assert_eq!(
+        proxy.observer().call_count(),
+        0,
+        "observed calls outlived every timer"
+    );
 }
 
 fn unreachable_addr() -> std::net::SocketAddr {
@@ -1102,6 +1119,7 @@ fn drain_checked(
     pbx: std::net::SocketAddr,
     phones: &crate::config::Cidr,
     sender: Option<std::net::SocketAddr>,
+    response_tos: &[Vec<u8>],
 ) {
     while let Some(out) = proxy.poll_transmit() {
         let to = out.flow.remote;
@@ -1117,8 +1135,288 @@ fn drain_checked(
                 panic!("forwarded an unparseable request ({e}): {:?}", out.bytes)
             });
             if let Err(e) = msg.validate() {
-                panic!("forwarded an invalid request ({e}): {:?}", out.bytes);
+                assert!(
+                    echoes_response_to(&msg, &e, response_tos),
+                    "forwarded an invalid request ({e}): {:?}",
+                    out.bytes
+                );
             }
+        }
+    }
+}
+
+/// Whether `msg` is an ACK whose only defect is a To copied byte for byte from a
+/// response sent to the proxy: the ACK for a non-2xx response must carry the
+/// response's To (RFC 3261 §17.1.1.3), and the proxy takes responses without parsing
+/// their To (`Message::validate_response`) from whoever sends them (a response finds
+/// its transaction by branch, RFC 3261 §17.1.3), so a malformed To in the 486 comes
+/// back in the ACK as it was. Everything else in the ACK must still validate.
+fn echoes_response_to(msg: &Message, e: &ParseError, response_tos: &[Vec<u8>]) -> bool {
+    let Some(field) = msg.fields().iter().find(|f| f.name() == HeaderName::To) else {
+        return false;
+    };
+    if msg.method() != Some(Method::Ack)
+        || e.header != Some(HeaderName::To)
+        || !response_tos
+            .iter()
+            .any(|to| to[..] == *msg.field_value(field))
+    {
+        return false;
+    }
+    let buf = msg.as_bytes();
+    let span = field.value_span();
+    let with_valid_to = [
+        &buf[..span.start()],
+        b"<sip:to@example.invalid>;tag=t",
+        &buf[span.end()..],
+    ]
+    .concat();
+    Message::parse(Bytes::from(with_valid_to)).is_ok_and(|m| m.validate().is_ok())
+}
+
+// ---------------------------------------------------------------------------------
+// observe
+
+/// Most calls and bindings the `observe` target's observer tracks: small, so fuzz
+/// inputs reach the limits.
+const OBSERVE_LIMIT: usize = 16;
+/// The `observe` target's stale-call timeout: twelve clock units.
+const OBSERVE_STALE_CALL: std::time::Duration = std::time::Duration::from_secs(120);
+/// One unit of the `observe` target's clock advance.
+const OBSERVE_TICK: std::time::Duration = std::time::Duration::from_secs(10);
+/// How far the clock runs at the end of an `observe` input: beyond every deadline a
+/// call can have.
+const OBSERVE_END: std::time::Duration = std::time::Duration::from_secs(400 * 24 * 3600);
+
+/// The four phones of the `observe` target: the addresses `sip-traces/observe/` gives
+/// desk-201 (UDP), soft-201 (TCP), desk-202 and desk-203 (UDP), so that the seeds made
+/// from those traces keep their Contacts.
+fn observe_phones() -> [crate::observe::PhoneAddr; 4] {
+    use std::net::{Ipv4Addr, SocketAddr};
+
+    use crate::observe::PhoneAddr;
+    use crate::transport::Transport;
+
+    let phone = |transport, last: u8, port| PhoneAddr {
+        transport,
+        remote: SocketAddr::from((Ipv4Addr::new(10, 0, 0, last), port)),
+    };
+    [
+        phone(Transport::Udp, 11, 5060),
+        phone(Transport::Tcp, 21, 40311),
+        phone(Transport::Udp, 12, 5060),
+        phone(Transport::Udp, 13, 5060),
+    ]
+}
+
+/// Feeds the observer (`crate::observe::Observer`) a sequence of messages between
+/// four phones and the PBX, at chosen times, as the proxy core would.
+///
+/// Input: records of `[control][advance][length: u16 little-endian][bytes]`. Bit 0 of
+/// `control` gives the direction (0: from the phone, 1: to the phone), bits 1 and 2 the
+/// phone (UDP 10.0.0.11:5060, TCP 10.0.0.21:40311, UDP 10.0.0.12:5060, UDP
+/// 10.0.0.13:5060); the other bits are ignored. `advance` moves the clock by
+/// `advance × 10 s` first, running `handle_timeout` at every deadline
+/// `poll_timeout` names on the way. Bytes that do not parse, or do not validate
+/// (`validate` for a request, `validate_response` for a response), are not handed to
+/// the observer: the proxy core never does. A record with no bytes only moves the
+/// clock. The observer tracks at most 16 calls and 16 bindings, and ends a call after
+/// 120 s without a message.
+///
+/// Every message's body (the whole record when it does not parse) also goes through
+/// `feature_dnd` (both elements) and `pidf_dnd`, which must not panic.
+///
+/// Checks, after every message and every timeout:
+/// - the observer never panics;
+/// - it tracks at most 16 calls and 16 bindings;
+/// - every call is listed under its extension, and none of them is terminated;
+/// - each extension's `external_phase` is what its calls say: connected iff one of its
+///   external calls is confirmed, ringing iff one is early and none confirmed, none
+///   otherwise;
+/// - the events so far, replayed per extension, are edges: each `ExternalCallStarted`
+///   changes the phase (never twice the same phase in a row), each
+///   `ExternalCallEnded` follows a phase (never two in a row, never first), each
+///   `DndChanged` changes DND; and the state they add up to is the extension's current
+///   `external_phase` and `dnd` (idle and off for an extension no longer listed).
+///
+/// And at the end, once the clock has run 400 days on (beyond any deadline a call can
+/// have), no call is left.
+pub fn observe(data: &[u8]) {
+    use std::time::Instant;
+
+    use crate::observe::dnd::{feature_dnd, pidf_dnd};
+    use crate::observe::{Direction, ObserveConfig, Observer};
+
+    let mut observer = Observer::new(ObserveConfig {
+        stale_call_timeout: OBSERVE_STALE_CALL,
+        max_calls: OBSERVE_LIMIT,
+        max_bindings: OBSERVE_LIMIT,
+        ..ObserveConfig::default()
+    });
+    let phones = observe_phones();
+    let mut seen = SeenEvents::default();
+    let mut now = Instant::now();
+    let mut rest = data;
+    while rest.len() >= 4 {
+        let (control, advance) = (rest[0], rest[1]);
+        let len = usize::from(u16::from_le_bytes([rest[2], rest[3]])).min(rest.len() - 4);
+        let (bytes, tail) = rest[4..].split_at(len);
+        rest = tail;
+        let until = now + OBSERVE_TICK * u32::from(advance);
+        while let Some(at) = observer.poll_timeout().filter(|&at| at <= until) {
+            now = now.max(at);
+            observer.handle_timeout(now);
+            check_observer(&mut observer, &mut seen);
+        }
+        now = until;
+        let direction = if control & 1 == 0 {
+            Direction::FromPhone
+        } else {
+            Direction::ToPhone
+        };
+        let phone = phones[usize::from(control >> 1 & 3)];
+        let msg = Message::parse(Bytes::copy_from_slice(bytes)).ok();
+        let body = msg.as_ref().map_or(bytes, Message::body);
+        let _ = (
+            feature_dnd(body, "SetDoNotDisturb"),
+            feature_dnd(body, "DoNotDisturbEvent"),
+            pidf_dnd(body),
+        );
+        let valid = msg.filter(|m| {
+            if m.is_request() {
+                m.validate().is_ok()
+            } else {
+                m.validate_response().is_ok()
+            }
+        });
+        if let Some(msg) = valid {
+            observer.on_message(now, direction, phone, &msg);
+            check_observer(&mut observer, &mut seen);
+        }
+    }
+    // run the clock far beyond every deadline: no call may stay behind
+    let end = now + OBSERVE_END;
+    while let Some(at) = observer.poll_timeout().filter(|&at| at <= end) {
+        now = now.max(at);
+        observer.handle_timeout(now);
+        check_observer(&mut observer, &mut seen);
+    }
+    assert_eq!(
+        observer.call_count(),
+        0,
+        "calls outlived every deadline: {:#?}",
+        observer.extensions()
+    );
+}
+
+/// The state the observer's events add up to, per extension: its phase over external
+/// calls and its DND (see [`observe`]).
+#[derive(Debug, Default)]
+struct SeenEvents {
+    exts: std::collections::HashMap<
+        crate::observe::Extension,
+        (Option<crate::observe::CallPhase>, bool),
+    >,
+    /// Every event so far, for the failure messages.
+    log: Vec<String>,
+}
+
+impl SeenEvents {
+    /// Takes every pending event, checking that each is an edge.
+    fn drain(&mut self, observer: &mut crate::observe::Observer) {
+        use crate::observe::ObserveEvent;
+
+        while let Some(event) = observer.poll_event() {
+            self.log.push(event.to_string());
+            let (phase, dnd) = self.exts.entry(event.extension().clone()).or_default();
+            match event {
+                ObserveEvent::ExternalCallStarted { phase: new, .. } => {
+                    assert_ne!(
+                        *phase,
+                        Some(new),
+                        "`{event}` repeats the phase; events: {:#?}",
+                        self.log
+                    );
+                    *phase = Some(new);
+                }
+                ObserveEvent::ExternalCallEnded { .. } => {
+                    assert!(
+                        phase.is_some(),
+                        "`{event}` without an external call; events: {:#?}",
+                        self.log
+                    );
+                    *phase = None;
+                }
+                ObserveEvent::DndChanged { on, .. } => {
+                    assert_ne!(
+                        *dnd, on,
+                        "`{event}` repeats the DND state; events: {:#?}",
+                        self.log
+                    );
+                    *dnd = on;
+                }
+            }
+        }
+    }
+}
+
+/// The observer's invariants after one step (see [`observe`]).
+fn check_observer(observer: &mut crate::observe::Observer, seen: &mut SeenEvents) {
+    use crate::observe::{CallPhase, CallState};
+
+    seen.drain(observer);
+    assert!(
+        observer.call_count() <= OBSERVE_LIMIT,
+        "{} calls tracked, limit {OBSERVE_LIMIT}",
+        observer.call_count()
+    );
+    assert!(
+        observer.binding_count() <= OBSERVE_LIMIT,
+        "{} bindings tracked, limit {OBSERVE_LIMIT}",
+        observer.binding_count()
+    );
+    let views = observer.extensions();
+    let listed: usize = views.iter().map(|v| v.calls.len()).sum();
+    assert_eq!(
+        listed,
+        observer.call_count(),
+        "calls missing from their extension's view: {views:#?}"
+    );
+    for view in &views {
+        let external = || view.calls.iter().filter(|c| c.class.is_external());
+        let phase = if external().any(|c| c.state == CallState::Confirmed) {
+            Some(CallPhase::Connected)
+        } else if external().any(|c| c.state == CallState::Early) {
+            Some(CallPhase::Ringing)
+        } else {
+            None
+        };
+        assert!(
+            view.calls.iter().all(|c| c.state != CallState::Terminated),
+            "a terminated call is still tracked: {view:#?}"
+        );
+        assert_eq!(
+            view.external_phase, phase,
+            "external_phase of {} is not what its calls say: {view:#?}",
+            view.extension
+        );
+        let (seen_phase, seen_dnd) = seen.exts.get(&view.extension).copied().unwrap_or_default();
+        assert_eq!(
+            (view.external_phase, view.dnd),
+            (seen_phase, seen_dnd),
+            "the events of {} say phase {seen_phase:?} and DND {seen_dnd}: {view:#?}\nevents: {:#?}",
+            view.extension,
+            seen.log
+        );
+    }
+    for (ext, state) in &seen.exts {
+        if views.iter().all(|v| v.extension != *ext) {
+            assert_eq!(
+                *state,
+                (None, false),
+                "{ext} is no longer listed, but its events say {state:?}; events: {:#?}",
+                seen.log
+            );
         }
     }
 }

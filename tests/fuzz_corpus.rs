@@ -113,3 +113,8 @@ fn every_known_open_seed_exists_and_is_replayed() {
 fn proxy_core_corpus() {
     replay("proxy_core", fuzzing::proxy_core);
 }
+
+#[test]
+fn observe_corpus() {
+    replay("observe", fuzzing::observe);
+}
