@@ -1416,3 +1416,42 @@ fn a_star_code_accepted_by_the_pbx_switches_dnd_and_is_never_a_call() {
     assert_eq!(events(&mut net), ["DndChanged 201 on"]);
     assert!(net.proxy.observer().extension("201").unwrap().dnd);
 }
+
+#[test]
+fn calls_from_ever_new_unregistered_users_leave_no_extension_records_behind() {
+    let mut net = Net::new();
+    for i in 0..50 {
+        let call = invite(&format!("spray-{i}"), &format!("z9hG4bK-sp{i}")).replace(
+            "<sip:201@pbx.example.com>;tag=ph1",
+            &format!("<sip:9{i:03}@pbx.example.com>;tag=ph1"),
+        );
+        let fwd = only_to(&net.receive(PHONE, &call), PBX);
+        net.receive(PBX, &answer(&fwd, 404, "Not Found", Some("nf"), ""));
+    }
+    assert_eq!(net.proxy.observer().call_count(), 0);
+    assert!(
+        net.proxy.observer().extensions().is_empty(),
+        "{:?}",
+        net.proxy.observer().extensions()
+    );
+}
+
+#[test]
+fn a_response_quoting_our_branch_from_another_host_is_dropped() {
+    let mut net = Net::new();
+    let fwd = only_to(&net.receive(PHONE, &invite("forged", "z9hG4bK-fg")), PBX);
+    // a stranger, and another phone, answer the PBX-bound INVITE with its branch
+    for forger in ["203.0.113.9:5060", "10.1.0.77:5062"] {
+        let out = net.receive(forger, &answer(&fwd, 486, "Busy Here", Some("x"), ""));
+        assert!(
+            to(&out, PHONE).is_empty(),
+            "nothing relayed to the phone: {out:#?}"
+        );
+    }
+    // the PBX itself still can
+    let ok = only_to(
+        &net.receive(PBX, &answer(&fwd, 180, "Ringing", Some("t"), "")),
+        PHONE,
+    );
+    assert_eq!(status(&ok), 180);
+}

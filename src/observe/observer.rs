@@ -552,6 +552,18 @@ impl Observer {
             ext_state.count(state, true);
             self.publish_phase(now, &ext, &call_id);
         }
+        if state == CallState::Terminated {
+            self.forget_if_idle(&ext);
+        }
+    }
+
+    /// Drops the record of an extension nothing refers to any more (no phone registered,
+    /// not in the directory, no call, DND off): a phone calling out with ever new From
+    /// users must not grow the table.
+    fn forget_if_idle(&mut self, ext: &Extension) {
+        if self.exts.get(ext).is_some_and(ExtState::idle) && self.bindings.count(ext) == 0 {
+            self.exts.remove(ext);
+        }
     }
 
     fn publish_phase(&mut self, now: Instant, ext: &Extension, call_id: &Arc<str>) {
@@ -684,6 +696,9 @@ impl Observer {
             },
             call_id.as_ref(),
         );
+        if !on {
+            self.forget_if_idle(ext);
+        }
     }
 
     fn register_sent(&mut self, now: Instant, phone: PhoneAddr, msg: &Message) {

@@ -1069,6 +1069,16 @@ impl Proxy {
             self.forward_response_statelessly(flow, &msg);
             return;
         };
+        // only the host the request went to may answer it: a stranger quoting one of our
+        // branches must not end or answer someone else's transaction
+        if let Some(txn) = self.txns.get(&id) {
+            let from_next_hop = flow.remote.ip() == txn.downstream.remote.ip()
+                || (self.is_pbx(&flow) && self.is_pbx(&txn.downstream));
+            if !from_next_hop {
+                warn!(source = %flow.remote, expected = %txn.downstream.remote, "response from a host the request was not sent to dropped");
+                return;
+            }
+        }
         if cseq_method == Some(Method::Cancel) {
             return; // the answer to our CANCEL: hop by hop, absorbed
         }
