@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use super::classify::{CallClass, DndAction};
 use super::event::Extension;
 use crate::proxy::Flow;
+use crate::sip::{HeaderName, Message};
 use crate::transport::Transport;
 
 /// A phone as the observer knows it: the transport and the address it really sends
@@ -212,6 +213,15 @@ impl Call {
         true
     }
 
+    /// A 2xx to the call's INVITE or to a re-INVITE/UPDATE: (re)starts the RFC 4028
+    /// session timer it negotiated, or goes back to the stale-call timeout when it
+    /// negotiated none. Returns the new deadline.
+    pub fn answered(&mut self, now: Instant, ok: &Message, stale: Duration) -> Instant {
+        self.session_interval = session_interval(ok, stale);
+        self.deadline = now + self.session_interval.unwrap_or(stale);
+        self.deadline
+    }
+
     /// A BYE for the dialog with this UAS tag: returns whether the whole call is over.
     pub fn end_dialog(&mut self, uas_tag: Option<&[u8]>) -> bool {
         let tag = hash_bytes(uas_tag.unwrap_or_default());
@@ -220,4 +230,14 @@ impl Call {
         // unless another dialog of it is still up
         self.confirmed.is_empty()
     }
+}
+
+/// The RFC 4028 session interval a 2xx negotiated (`Session-Expires: 90;refresher=uac`),
+/// at most `max` (the stale-call timeout): a longer one would keep a call whose BYE was
+/// lost beyond that timeout, and one of 2^63 s would overflow the deadline.
+pub fn session_interval(msg: &Message, max: Duration) -> Option<Duration> {
+    let value = msg.header(HeaderName::SessionExpires)?;
+    let digits: &[u8] = value.split(|&c| c == b';').next().map(<[u8]>::trim_ascii)?;
+    let secs: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    (secs > 0).then(|| Duration::from_secs(secs).min(max))
 }

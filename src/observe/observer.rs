@@ -21,7 +21,7 @@ use super::call::{
 use super::classify::{CallClass, ClassifyRules, DndAction, normalize_uri_user};
 use super::dnd::{feature_dnd, pidf_dnd};
 use super::event::{CallPhase, CallView, Extension, ExtensionView, ObserveEvent, RecentEvent};
-use crate::sip::{HeaderName, Message, Method};
+use crate::sip::{Message, Method};
 
 /// Events kept for a consumer that has not drained them; beyond this the oldest go
 /// (the per-extension state stays right: events are only its edges).
@@ -419,12 +419,7 @@ impl Observer {
         if method != Method::Invite || seq != call.invite_cseq {
             // a re-INVITE or UPDATE: its 2xx restarts or ends the session timer
             if (200..300).contains(&status) {
-                call.session_interval = session_interval(msg, self.config.stale_call_timeout);
-                call.deadline = now
-                    + call
-                        .session_interval
-                        .unwrap_or(self.config.stale_call_timeout);
-                let deadline = call.deadline;
+                let deadline = call.answered(now, msg, self.config.stale_call_timeout);
                 self.arm(now, deadline);
             }
             return;
@@ -436,12 +431,7 @@ impl Observer {
             200..=299 => {
                 call.invite_done = true;
                 let new_dialog = call.confirm_dialog(to_tag(msg));
-                call.session_interval = session_interval(msg, self.config.stale_call_timeout);
-                call.deadline = now
-                    + call
-                        .session_interval
-                        .unwrap_or(self.config.stale_call_timeout);
-                let deadline = call.deadline;
+                let deadline = call.answered(now, msg, self.config.stale_call_timeout);
                 let dnd = new_dialog.then(|| call.dnd_action()).flatten();
                 let ext = call.ext.clone();
                 self.arm(now, deadline);
@@ -837,14 +827,4 @@ fn transaction_key(msg: &Message) -> Option<(u64, u32)> {
     let call_id = msg.call_id()?.ok()?;
     let cseq = msg.cseq()?.ok()?;
     Some((hash_bytes(call_id), cseq.seq()))
-}
-
-/// The RFC 4028 session interval a 2xx negotiated (`Session-Expires: 90;refresher=uac`),
-/// at most `max` (the stale-call timeout): a longer one would keep a call whose BYE was
-/// lost beyond that timeout, and one of 2^63 s would overflow the deadline.
-fn session_interval(msg: &Message, max: Duration) -> Option<Duration> {
-    let value = msg.header(HeaderName::SessionExpires)?;
-    let digits: &[u8] = value.split(|&c| c == b';').next().map(<[u8]>::trim_ascii)?;
-    let secs: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
-    (secs > 0).then(|| Duration::from_secs(secs).min(max))
 }
