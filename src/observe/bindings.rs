@@ -6,7 +6,7 @@
 //! phones may register one extension (desk phone and softphone). The table is bounded:
 //! a registration beyond the bound is not tracked (and logged), never grown into.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::time::{Duration, Instant};
 
 use tracing::{debug, warn};
@@ -68,9 +68,9 @@ impl Bindings {
     /// An empty table holding at most `max` bindings (and as many pending REGISTERs).
     pub fn new(max: usize) -> Self {
         Self {
-            by_phone: HashMap::new(),
-            counts: HashMap::new(),
-            pending: HashMap::new(),
+            by_phone: HashMap::default(),
+            counts: HashMap::default(),
+            pending: HashMap::default(),
             total: 0,
             max,
         }

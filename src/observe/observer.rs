@@ -8,7 +8,9 @@
 //! (OPTIONS, a BLF NOTIFY, a retransmission) costs a method check and at most one
 //! hash lookup, and allocates nothing; a new call costs its own record.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use foldhash::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -138,9 +140,9 @@ impl Observer {
         let mut observer = Self {
             bindings: Bindings::new(config.max_bindings),
             config,
-            calls: HashMap::new(),
-            exts: HashMap::new(),
-            pending_dnd: HashMap::new(),
+            calls: HashMap::default(),
+            exts: HashMap::default(),
+            pending_dnd: HashMap::default(),
             events: VecDeque::new(),
             next_sweep: None,
         };
