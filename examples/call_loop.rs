@@ -25,7 +25,8 @@ use presence_proxy::sip::{HeaderName, Message};
 use presence_proxy::transport::Transport;
 
 fn addr(text: &str) -> SocketAddr {
-    text.parse().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 5060)))
+    text.parse()
+        .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 5060)))
 }
 
 fn main() {
@@ -89,7 +90,9 @@ fn main() {
         let Ok(fwd) = Message::parse(fwd) else { return };
         let tag = format!("b{i}");
         for code in [100u16, 180] {
-            let r = ResponseBuilder::new(&fwd, code, "Ringing").to_tag(&tag).build();
+            let r = ResponseBuilder::new(&fwd, code, "Ringing")
+                .to_tag(&tag)
+                .build();
             deliver(&mut proxy, now, pbx, r);
         }
         let record_route = fwd.header(HeaderName::RecordRoute).unwrap_or_default();

@@ -27,6 +27,7 @@
 pub mod config;
 pub mod demo;
 pub mod dns;
+pub mod emulator;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod inspect;
@@ -34,5 +35,6 @@ pub mod observe;
 pub mod proxy;
 pub mod runtime;
 pub mod sip;
+pub mod store;
 pub mod telemetry;
 pub mod transport;

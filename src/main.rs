@@ -43,6 +43,16 @@ enum Command {
         /// The configuration file (TOML).
         file: PathBuf,
     },
+    /// Run the emulator of the Microsoft identity platform and Graph presence endpoints
+    /// (login, Graph v1.0 and the /_emulator/ control API on one listener) until Ctrl-C.
+    GraphEmulator {
+        /// Address to listen on, e.g. 127.0.0.1:8400.
+        #[arg(long, default_value = "127.0.0.1:8400")]
+        listen: std::net::SocketAddr,
+        /// Seed file (TOML: tenant, app, users); default: the demo tenant `contoso`.
+        #[arg(long)]
+        seed: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -64,6 +74,9 @@ fn main() -> ExitCode {
             }
         }
         Command::Demo => presence_proxy::demo::demo(),
+        Command::GraphEmulator { listen, seed } => {
+            presence_proxy::emulator::run_cli(listen, seed.as_deref())
+        }
         Command::CheckConfig { file } => match presence_proxy::config::Config::load(&file) {
             Ok(config) => {
                 println!("{}: ok", file.display());
