@@ -737,6 +737,29 @@ fn duration_field(shared: &Shared, body: &Value, default: Duration) -> Result<Du
     }
 }
 
+/// The availability/activity pair of a set request, checked against the pairs the
+/// endpoint allows and returned in Graph's canonical spelling.
+fn requested_pair(
+    shared: &Shared,
+    body: &Value,
+    pairs: &[(&'static str, &'static str)],
+) -> Result<(&'static str, &'static str), Response> {
+    let (Some(availability), Some(activity)) =
+        (str_field(body, "availability"), str_field(body, "activity"))
+    else {
+        return Err(invalid_argument(
+            shared,
+            "[Availability, Activity]: The availability and activity fields are required.",
+        ));
+    };
+    presence::canonical_pair(pairs, availability, activity).ok_or_else(|| {
+        bad_request(
+            shared,
+            &format!("Invalid availability/activity combination: {availability}/{activity}."),
+        )
+    })
+}
+
 fn set_presence(shared: &Shared, caller: &Caller, id: &str, body: &Value) -> Response {
     if let Err(r) = check_session_id(shared, caller, body) {
         return r;
@@ -745,21 +768,9 @@ fn set_presence(shared: &Shared, caller: &Caller, id: &str, body: &Value) -> Res
         Ok(u) => u,
         Err(r) => return r,
     };
-    let (Some(availability), Some(activity)) =
-        (str_field(body, "availability"), str_field(body, "activity"))
-    else {
-        return invalid_argument(
-            shared,
-            "[Availability, Activity]: The availability and activity fields are required.",
-        );
-    };
-    let Some((availability, activity)) =
-        presence::canonical_pair(SET_PRESENCE_PAIRS, availability, activity)
-    else {
-        return bad_request(
-            shared,
-            &format!("Invalid availability/activity combination: {availability}/{activity}."),
-        );
+    let (availability, activity) = match requested_pair(shared, body, SET_PRESENCE_PAIRS) {
+        Ok(pair) => pair,
+        Err(r) => return r,
     };
     let duration = match duration_field(shared, body, DEFAULT_SESSION_DURATION) {
         Ok(d) => d,
@@ -826,21 +837,9 @@ fn set_preferred(shared: &Shared, caller: &Caller, id: &str, body: &Value) -> Re
         Ok(u) => u,
         Err(r) => return r,
     };
-    let (Some(availability), Some(activity)) =
-        (str_field(body, "availability"), str_field(body, "activity"))
-    else {
-        return invalid_argument(
-            shared,
-            "[Availability, Activity]: The availability and activity fields are required.",
-        );
-    };
-    let Some((availability, activity)) =
-        presence::canonical_pair(PREFERRED_PAIRS, availability, activity)
-    else {
-        return bad_request(
-            shared,
-            &format!("Invalid availability/activity combination: {availability}/{activity}."),
-        );
+    let (availability, activity) = match requested_pair(shared, body, PREFERRED_PAIRS) {
+        Ok(pair) => pair,
+        Err(r) => return r,
     };
     // §1.4: default 1 day for DoNotDisturb or Busy, 7 days for all others; no maximum
     let default = if matches!(availability, "DoNotDisturb" | "Busy") {
