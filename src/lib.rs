@@ -30,6 +30,7 @@ pub mod dns;
 pub mod emulator;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod graph;
 pub mod inspect;
 pub mod observe;
 pub mod proxy;
