@@ -428,6 +428,17 @@ fn sign_in_page(
 // ---------------------------------------------------------------------------------------
 // token (§6.2–§6.5)
 
+/// The `invalid_grant` token error (400) with its AADSTS code (graph.md §6.4).
+fn invalid_grant(shared: &Shared, aadsts: u32, description: &str) -> Response {
+    token_error(
+        shared,
+        StatusCode::BAD_REQUEST,
+        "invalid_grant",
+        aadsts,
+        description,
+    )
+}
+
 /// A token-endpoint error with the JSON of graph.md §6.4.
 fn token_error(
     shared: &Shared,
@@ -602,19 +613,15 @@ fn code_grant(
     };
     let grant = match grant {
         None => {
-            return token_error(
+            return invalid_grant(
                 shared,
-                StatusCode::BAD_REQUEST,
-                "invalid_grant",
                 54_005,
                 "OAuth2 Authorization code was already redeemed, please retry with a new valid code or use an existing refresh token.",
             );
         }
         Some(Err(())) => {
-            return token_error(
+            return invalid_grant(
                 shared,
-                StatusCode::BAD_REQUEST,
-                "invalid_grant",
                 70_000,
                 "The provided authorization code is invalid or has expired.",
             );
@@ -622,28 +629,22 @@ fn code_grant(
         Some(Ok(g)) => g,
     };
     if grant.expires_at <= now {
-        return token_error(
+        return invalid_grant(
             shared,
-            StatusCode::BAD_REQUEST,
-            "invalid_grant",
             70_008,
             "The provided authorization code or refresh token has expired due to inactivity. Send a new interactive authorization request for this user and resource.",
         );
     }
     if !grant.client_id.eq_ignore_ascii_case(client_id) {
-        return token_error(
+        return invalid_grant(
             shared,
-            StatusCode::BAD_REQUEST,
-            "invalid_grant",
             70_000,
             "The authorization code was issued to another client.",
         );
     }
     if &grant.redirect_uri != redirect_uri {
-        return token_error(
+        return invalid_grant(
             shared,
-            StatusCode::BAD_REQUEST,
-            "invalid_grant",
             500_117,
             "The reply uri specified in the request does not match the reply uri used in the authorization request.",
         );
@@ -653,10 +654,8 @@ fn code_grant(
             return missing(shared, "code_verifier");
         };
         if !pkce_matches(verifier, challenge, method) {
-            return token_error(
+            return invalid_grant(
                 shared,
-                StatusCode::BAD_REQUEST,
-                "invalid_grant",
                 501_481,
                 "The Code_Verifier does not match the code_challenge supplied in the authorization request.",
             );
@@ -696,38 +695,30 @@ fn refresh_grant(
     let grant = match (grant, dead) {
         (Some(g), _) if g.expires_at > now => g,
         (Some(_), _) | (None, Some(DeadRefresh::Rotated)) => {
-            return token_error(
+            return invalid_grant(
                 shared,
-                StatusCode::BAD_REQUEST,
-                "invalid_grant",
                 70_008,
                 "The provided authorization code or refresh token has expired due to inactivity. Send a new interactive authorization request for this user and resource.",
             );
         }
         (None, Some(DeadRefresh::Revoked)) => {
-            return token_error(
+            return invalid_grant(
                 shared,
-                StatusCode::BAD_REQUEST,
-                "invalid_grant",
                 50_173,
                 "The provided grant has expired due to it being revoked, a fresh auth token is needed.",
             );
         }
         (None, None) => {
-            return token_error(
+            return invalid_grant(
                 shared,
-                StatusCode::BAD_REQUEST,
-                "invalid_grant",
                 9_002_313,
                 "Invalid request. Request is malformed or invalid.",
             );
         }
     };
     if !grant.client_id.eq_ignore_ascii_case(client_id) {
-        return token_error(
+        return invalid_grant(
             shared,
-            StatusCode::BAD_REQUEST,
-            "invalid_grant",
             70_000,
             "The refresh token was issued to another client.",
         );
@@ -749,10 +740,8 @@ fn refresh_grant(
                 .map(|(_, g)| g)
                 .unwrap_or_default();
             if wanted.iter().any(|w| !original.contains(w)) {
-                return token_error(
+                return invalid_grant(
                     shared,
-                    StatusCode::BAD_REQUEST,
-                    "invalid_grant",
                     65_001,
                     "The user or administrator has not consented to use the application for the requested scopes.",
                 );
@@ -780,13 +769,7 @@ fn issue_user_tokens(
 ) -> Response {
     let (oidc, graph) = parse_scopes(&scopes.join(" ")).unwrap_or_default();
     let Some(user) = shared.lock().seed.user_by_id(user_id).cloned() else {
-        return token_error(
-            shared,
-            StatusCode::BAD_REQUEST,
-            "invalid_grant",
-            50_020,
-            "User account does not exist in tenant.",
-        );
+        return invalid_grant(shared, 50_020, "User account does not exist in tenant.");
     };
     let now = shared.now().as_secs();
     let lifetime = shared.config.access_token_lifetime.as_secs();
