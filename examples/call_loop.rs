@@ -55,6 +55,7 @@ fn main() {
         max_requests_per_second_per_source: 1_000_000,
         seed: 3,
         observe,
+        teams_busy_response: Some((486, "Busy Here")),
     });
     let flow = |remote| Flow {
         transport: Transport::Udp,

@@ -28,6 +28,10 @@ use thiserror::Error;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
+mod teams;
+
+pub use teams::{ClientSecret, GraphSettings, StoreSettings, SyncSettings, WebSettings};
+
 use crate::observe::classify::{DEFAULT_INTERNAL_PATTERN, normalize_number};
 use crate::observe::{ClassifyRules, IdentitySource, ObserveConfig};
 use crate::transport::Transport;
@@ -52,6 +56,17 @@ pub struct Config {
     pub calls: CallsConfig,
     /// `[dnd]`: the star codes that switch DND.
     pub dnd: DndConfig,
+    /// `[graph]`: the app registration; without it there is no Teams sync.
+    pub graph: Option<GraphSettings>,
+    /// `[web]`: the OAuth and portal listener; without it, none.
+    pub web: Option<WebSettings>,
+    /// `[store]`: the embedded database (used when `[graph]` is present).
+    pub store: StoreSettings,
+    /// `[sync]`: how presence is synced.
+    pub sync: SyncSettings,
+    /// `[directory]`: extension ↔ email, in extension order; merged into the store's
+    /// directory at start-up.
+    pub directory: Vec<(String, String)>,
 }
 
 /// `[calls]`.
@@ -105,6 +120,12 @@ impl Default for DndConfig {
 }
 
 impl Config {
+    /// What the proxy answers a new call to a Teams-busy extension with (`None`: the
+    /// call goes through).
+    pub fn teams_busy_response(&self) -> Option<(u16, &'static str)> {
+        self.sync.busy_response.status()
+    }
+
     /// What the observer needs: `[calls]`, `[dnd]` and the limits that bound it.
     pub fn observe_config(&self) -> ObserveConfig {
         // the patterns were compiled once when the file was read: they compile again
@@ -120,7 +141,13 @@ impl Config {
                 dnd_toggle_codes: self.dnd.toggle_codes.clone(),
                 caller_identity: self.calls.caller_identity.clone(),
             },
-            directory: self.calls.extensions.clone(),
+            directory: self
+                .calls
+                .extensions
+                .iter()
+                .chain(self.directory.iter().map(|(ext, _)| ext))
+                .cloned()
+                .collect(),
             stale_call_timeout: self.calls.stale_call_timeout,
             max_calls: self.limits.max_transactions,
             max_bindings: self.limits.max_bindings,
@@ -650,6 +677,11 @@ struct RawConfig {
     limits: Option<RawLimits>,
     calls: Option<RawCalls>,
     dnd: Option<RawDnd>,
+    graph: Option<teams::RawGraph>,
+    web: Option<teams::RawWeb>,
+    store: Option<teams::RawStore>,
+    sync: Option<teams::RawSync>,
+    directory: Option<teams::RawDirectory>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -849,6 +881,11 @@ impl Source<'_> {
             Some(dnd) => self.dnd(dnd),
             None => DndConfig::default(),
         };
+        let graph = raw.graph.map(|g| self.graph(g)).transpose()?;
+        let web = raw.web.map(|w| self.web(w)).transpose()?;
+        let store = self.store(raw.store)?;
+        let sync = self.sync(raw.sync)?;
+        let directory = self.directory(raw.directory)?;
         Ok(Config {
             log,
             listen,
@@ -858,6 +895,11 @@ impl Source<'_> {
             limits,
             calls,
             dnd,
+            graph,
+            web,
+            store,
+            sync,
+            directory,
         })
     }
 

@@ -1019,6 +1019,7 @@ pub fn proxy_core(data: &[u8]) {
         max_requests_per_second_per_source: 50,
         seed: 1,
         observe: crate::observe::ObserveConfig::default(),
+        teams_busy_response: Some((486, "Busy Here")),
     });
     let start = Instant::now();
     let mut now = start;

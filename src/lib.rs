@@ -24,6 +24,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod app;
 pub mod config;
 pub mod demo;
 pub mod dns;
@@ -37,5 +38,7 @@ pub mod proxy;
 pub mod runtime;
 pub mod sip;
 pub mod store;
+pub mod sync;
 pub mod telemetry;
 pub mod transport;
+pub mod web;

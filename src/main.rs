@@ -115,10 +115,7 @@ fn run(path: &std::path::Path) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let result = runtime.block_on(presence_proxy::runtime::run(
-        &config,
-        presence_proxy::runtime::shutdown_signal(),
-    ));
+    let result = runtime.block_on(presence_proxy::app::run(&config));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

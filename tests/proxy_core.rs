@@ -44,6 +44,7 @@ fn config() -> ProxyConfig {
         max_requests_per_second_per_source: 1000,
         seed: 7,
         observe: presence_proxy::observe::ObserveConfig::default(),
+        teams_busy_response: Some((486, "Busy Here")),
     }
 }
 

@@ -558,7 +558,7 @@ fn presence_json(shared: &Shared, user_id: &str) -> Value {
 /// Looks up a presence target: it must be a user object id (graph.md §2.1).
 fn presence_target(shared: &Shared, id: &str) -> Result<UserSeed, Response> {
     let inner = shared.lock();
-    if let Some(user) = inner.seed.user_by_id(id) {
+    if let Some(user) = inner.user_by_id(id) {
         return Ok(user.clone());
     }
     if inner.seed.user(id).is_some() || id.contains('@') {
@@ -635,7 +635,7 @@ async fn get_presences_by_user_id(State(shared): Shr, headers: HeaderMap, body: 
         let Some(id) = id.as_str() else {
             return invalid_argument(&shared, "[Ids]: every id must be a string.");
         };
-        let known = shared.lock().seed.user_by_id(id).map(|u| u.id.clone());
+        let known = shared.lock().user_by_id(id).map(|u| u.id.clone());
         match known {
             Some(user_id) => value.push(presence_json(&shared, &user_id)),
             None => value.push(json!({

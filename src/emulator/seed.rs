@@ -128,6 +128,21 @@ impl Default for Seed {
 }
 
 impl Seed {
+    /// The demo tenant with `count` users in all (at least its four): alice, bob, carol,
+    /// dave, then generated ones, `user{n}@contoso.example` with GUID-shaped ids
+    /// `b2c0ffee-…-{n:012}`. For load tests and benchmarks (10,000 users and more).
+    pub fn contoso_with_users(count: usize) -> Self {
+        let mut seed = Seed::default();
+        let have = seed.users.len();
+        seed.users.extend((have..count).map(|n| UserSeed {
+            id: format!("b2c0ffee-{:04x}-4c1d-8e2f-{n:012}", n / 10_000),
+            user_principal_name: format!("user{n}@contoso.example"),
+            mail: format!("user{n}@contoso.example"),
+            display_name: format!("User {n}"),
+        }));
+        seed
+    }
+
     /// Reads a seed file.
     pub fn load(path: &Path) -> Result<Self, EmulatorError> {
         let text = std::fs::read_to_string(path).map_err(|e| EmulatorError::Seed {
@@ -193,5 +208,15 @@ mod tests {
         assert_eq!(seed.app.application_permissions.len(), 2);
         assert!(seed.user("A@D.example").is_some());
         assert!(Seed::parse("[tenant]\nid='t'\ndomain='d'\nbogus=1").is_err());
+    }
+
+    #[test]
+    fn many_users() {
+        let seed = Seed::contoso_with_users(10_000);
+        assert_eq!(seed.users.len(), 10_000);
+        let ids: std::collections::HashSet<_> = seed.users.iter().map(|u| &u.id).collect();
+        assert_eq!(ids.len(), 10_000, "ids are unique");
+        assert_eq!(seed.users[0].user_principal_name, "alice@contoso.example");
+        assert_eq!(Seed::contoso_with_users(2).users.len(), 4);
     }
 }

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use super::clock::{Clock, Instant, graph_datetime};
 use super::crypto::Signer;
 use super::presence::UserPresence;
-use super::seed::Seed;
+use super::seed::{Seed, UserSeed};
 use super::subscriptions::{self, Subscription};
 use super::{EmulatorConfig, EmulatorError, graph};
 
@@ -76,6 +76,10 @@ pub(crate) struct LogEntry {
     pub(crate) path: String,
     /// Response status.
     pub(crate) status: u16,
+    /// When the request reached the emulator (its head parsed, before faults and the
+    /// handler), in microseconds since the Unix epoch on the real wall clock, not the
+    /// emulator clock: for latency measurements from the same machine.
+    pub(crate) received_unix_us: u64,
 }
 
 /// Which requests a fault applies to.
@@ -163,6 +167,18 @@ pub(crate) struct Inner {
     pub(crate) log: VecDeque<LogEntry>,
     /// Requests logged so far.
     pub(crate) log_seq: u64,
+    /// Lower-case user object id → index in `seed.users` (the seed's users do not change
+    /// after start): lookups of 10,000 users stay cheap.
+    user_index: HashMap<String, usize>,
+}
+
+impl Inner {
+    /// A user by object id, case-insensitive, through the index.
+    pub(crate) fn user_by_id(&self, id: &str) -> Option<&UserSeed> {
+        self.user_index
+            .get(&id.to_ascii_lowercase())
+            .and_then(|&i| self.seed.users.get(i))
+    }
 }
 
 /// Everything the handlers share.
@@ -203,6 +219,13 @@ impl Shared {
             faults: Faults::default(),
             log: VecDeque::new(),
             log_seq: 0,
+            user_index: config
+                .seed
+                .users
+                .iter()
+                .enumerate()
+                .map(|(i, u)| (u.id.to_ascii_lowercase(), i))
+                .collect(),
         };
         Ok(Self {
             config,
@@ -281,7 +304,6 @@ impl Shared {
                     .filter(|id| sub.user_ids.iter().any(|u| u.eq_ignore_ascii_case(id)))
                     .map(|id| {
                         inner
-                            .seed
                             .user_by_id(id)
                             .map_or_else(|| id.clone(), |u| u.id.clone())
                     })
@@ -320,6 +342,9 @@ pub(crate) async fn log_and_faults(
     request: Request,
     next: Next,
 ) -> Response {
+    let received_unix_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
     let method = request.method().to_string();
     let path = request.uri().path().to_owned();
     let control = path.starts_with("/_emulator");
@@ -353,6 +378,7 @@ pub(crate) async fn log_and_faults(
         method,
         path,
         status,
+        received_unix_us,
     });
     while inner.log.len() > LOG_CAPACITY {
         inner.log.pop_front();

@@ -59,12 +59,13 @@ struct Inner {
 
 /// Whom a request goes to.
 #[derive(Clone, Copy)]
-enum Target<'a> {
+pub(super) enum Target<'a> {
     Graph(&'a Tokens),
     Login,
 }
 
-enum Body<'a> {
+/// A request body.
+pub(super) enum Body<'a> {
     None,
     Json(&'a Value),
     Form(&'a [(&'a str, &'a str)]),
@@ -370,7 +371,7 @@ impl GraphClient {
     // -----------------------------------------------------------------------------------
     // the request loop
 
-    fn url(&self, segments: &[&str]) -> Url {
+    pub(super) fn url(&self, segments: &[&str]) -> Url {
         let mut url = self.inner.graph_base.clone();
         if let Ok(mut segs) = url.path_segments_mut() {
             segs.pop_if_empty();
@@ -404,7 +405,9 @@ impl GraphClient {
             .map(|_| ())
     }
 
-    async fn execute(
+    /// The request loop every Graph and token-endpoint call goes through (budget,
+    /// retries, 401 → refresh); the body of a 2xx answer.
+    pub(super) async fn execute(
         &self,
         target: Target<'_>,
         method: Method,
@@ -534,7 +537,7 @@ impl GraphClient {
     }
 }
 
-fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, GraphError> {
+pub(super) fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, GraphError> {
     serde_json::from_slice(bytes).map_err(|e| GraphError::Decode(e.to_string()))
 }
 

@@ -57,6 +57,45 @@ pub enum GraphError {
     /// The system random generator failed (PKCE verifier, state, jitter).
     #[error("random generator failed")]
     Random,
+    /// Graph refused to create, renew or delete a presence subscription (graph.md §3), or
+    /// the client refused before sending (an app-only credential).
+    #[error("presence subscription refused ({kind}){}", status.map(|s| format!(": Graph answered {s}: {message}")).unwrap_or_default())]
+    Subscription {
+        /// Why.
+        kind: SubscriptionRefusal,
+        /// Graph's status, `None` when refused before sending.
+        status: Option<u16>,
+        /// `error.message` of Graph's body (never the clientState), or `""`.
+        message: String,
+    },
+}
+
+/// Why a presence subscription request was refused (graph.md §3.1, §3.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubscriptionRefusal {
+    /// An app-only token: presence subscriptions take delegated Presence.Read.All only
+    /// (graph.md §3.1, §7). Refused by the client, no request is sent.
+    AppOnlyToken,
+    /// 403: the delegated token lacks Presence.Read.All, or a subscription quota is
+    /// exceeded (graph.md §3.1).
+    Forbidden,
+    /// 409: this app already has a presence subscription for this delegated user
+    /// (graph.md §3.1, §8.8).
+    AlreadyExists,
+    /// 400 `ValidationError`: the notification endpoint failed the validation handshake
+    /// (graph.md §3.2).
+    ValidationFailed,
+}
+
+impl std::fmt::Display for SubscriptionRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SubscriptionRefusal::AppOnlyToken => "app-only token; a delegated one is needed",
+            SubscriptionRefusal::Forbidden => "forbidden",
+            SubscriptionRefusal::AlreadyExists => "one already exists for this app and user",
+            SubscriptionRefusal::ValidationFailed => "notification endpoint failed validation",
+        })
+    }
 }
 
 impl GraphError {
@@ -71,6 +110,7 @@ impl GraphError {
     pub fn status(&self) -> Option<u16> {
         match self {
             GraphError::Http { status, .. } | GraphError::Token { status, .. } => Some(*status),
+            GraphError::Subscription { status, .. } => *status,
             GraphError::Throttled { .. } => Some(429),
             _ => None,
         }

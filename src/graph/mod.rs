@@ -18,6 +18,7 @@
 //! | `client.rs` | [`GraphClient`]: token-endpoint requests, users (cached), setPresence, clearPresence, preferred presence, GET presence, getPresencesByUserId in batches of 650; retries |
 //! | `budget.rs` | [`RequestBudget`]: at most 1,500 Graph requests per 30 s per tenant (§4.1) |
 //! | `store_sink.rs` | [`StoreTokenSink`]: rotations and "needs re-pairing" written to the store by compare-and-swap; `TokenSet` ↔ token row |
+//! | `subscriptions.rs` | presence change notifications (§3): create/renew/delete/list on [`GraphClient`], the sans-IO [`PresenceSubscriptions`] manager (slots of ≤ 650 ids, renewal, recreate, catch-up polls), [`SubscriptionDriver`], the webhook ([`notification_routes`], [`NotificationReceiver`]) |
 //! | `presence.rs` | [`Availability`], [`Activity`], [`Presence`], the settable pairs [`SessionPresence`] and [`PreferredPresence`], ISO 8601 durations |
 //!
 //! Resilience: 429 waits Retry-After (seconds; exponential backoff without one) and
@@ -34,6 +35,7 @@ mod client;
 mod error;
 mod presence;
 mod store_sink;
+mod subscriptions;
 mod tokens;
 
 use std::sync::Arc;
@@ -41,12 +43,19 @@ use std::time::Duration;
 
 pub use budget::RequestBudget;
 pub use client::{GraphClient, User};
-pub use error::GraphError;
+pub use error::{GraphError, SubscriptionRefusal};
 pub use presence::{
     Activity, Availability, PreferredPresence, Presence, SESSION_MAX, SESSION_MIN, SessionPresence,
     iso8601,
 };
 pub use store_sink::StoreTokenSink;
+pub use subscriptions::{
+    CatchUpReason, DriverCommand, MAX_IDS_PER_SUBSCRIPTION, MAX_SUBSCRIPTION_LIFETIME,
+    NOTIFICATION_PATH, Notification, NotificationReceiver, PresenceChange, PresenceSubscriptions,
+    Subscription, SubscriptionAction, SubscriptionConfig, SubscriptionDriver, SubscriptionEvent,
+    SubscriptionRequest, format_datetime, new_client_state, notification_handler,
+    notification_routes, parse_datetime, presence_resource,
+};
 pub use tokens::{
     APP_SCOPE, AuthorizeRequest, DOMAIN_SCOPES, Pkce, TokenSet, TokenSink, Tokens, USER_SCOPES,
     random_url_safe,

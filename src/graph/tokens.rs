@@ -176,6 +176,12 @@ impl Tokens {
         })
     }
 
+    /// True for an app-only (client credentials) credential; presence subscriptions need
+    /// a delegated one (graph.md §3.1).
+    pub fn is_app_only(&self) -> bool {
+        matches!(self.kind, Kind::AppOnly)
+    }
+
     /// A valid access token, refreshed first when it is within
     /// [`GraphConfig::refresh_ahead`] of expiry.
     pub async fn access_token(&self) -> Result<Secret<String>, GraphError> {

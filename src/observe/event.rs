@@ -121,6 +121,8 @@ pub struct ExtensionView {
     pub external_phase: Option<CallPhase>,
     /// DND.
     pub dnd: bool,
+    /// Its Teams user is busy: calls to it are refused by the proxy.
+    pub teams_busy: bool,
     /// Its calls in progress, all classes.
     pub calls: Vec<CallView>,
     /// Its latest events, oldest first.

@@ -84,6 +84,8 @@ struct ExtState {
     confirmed_external: usize,
     phase: Option<CallPhase>,
     recent: VecDeque<RecentEvent>,
+    /// Its Teams user is busy (the sync engine says so): calls to it are refused.
+    teams_busy: bool,
 }
 
 impl ExtState {
@@ -111,7 +113,7 @@ impl ExtState {
     }
 
     fn idle(&self) -> bool {
-        !self.in_directory && !self.dnd && self.calls == 0
+        !self.in_directory && !self.dnd && self.calls == 0 && !self.teams_busy
     }
 }
 
@@ -120,6 +122,14 @@ struct PendingDnd {
     ext: Extension,
     on: bool,
     created: Instant,
+}
+
+/// Whom a PBX request for a phone is for.
+enum IncomingTarget<'a> {
+    /// The extension of one of the phone's bindings.
+    Bound(&'a Extension),
+    /// No binding fits: the Request-URI's or To's user, normalised.
+    Named(String),
 }
 
 /// Phone-side state per extension.
@@ -132,6 +142,8 @@ pub struct Observer {
     pending_dnd: HashMap<(u64, u32), PendingDnd>,
     events: VecDeque<ObserveEvent>,
     next_sweep: Option<Instant>,
+    /// Extensions with `teams_busy` set: while 0, INVITEs cost no lookup for it.
+    teams_busy_count: usize,
 }
 
 impl Observer {
@@ -145,6 +157,7 @@ impl Observer {
             pending_dnd: HashMap::default(),
             events: VecDeque::new(),
             next_sweep: None,
+            teams_busy_count: 0,
         };
         observer.set_directory(observer.config.directory.clone());
         observer
@@ -203,6 +216,39 @@ impl Observer {
         views
     }
 
+    /// The sync engine's verdict: the Teams user of `ext` is busy (calls to it are
+    /// refused) or no longer is.
+    pub fn set_teams_busy(&mut self, ext: &str, busy: bool) {
+        let ext = self.intern(ext);
+        let state = self.exts.entry(ext.clone()).or_default();
+        if state.teams_busy == busy {
+            return;
+        }
+        state.teams_busy = busy;
+        if busy {
+            self.teams_busy_count += 1;
+        } else {
+            self.teams_busy_count = self.teams_busy_count.saturating_sub(1);
+            self.forget_if_idle(&ext);
+        }
+    }
+
+    /// The extension a new PBX request for `phone` is for, when its Teams user is busy.
+    /// Costs nothing while no extension is Teams-busy.
+    pub fn teams_busy_target(&self, phone: PhoneAddr, msg: &Message) -> Option<Extension> {
+        if self.teams_busy_count == 0 {
+            return None;
+        }
+        let ext = match self.incoming_target(phone, msg)? {
+            IncomingTarget::Bound(ext) => ext.clone(),
+            IncomingTarget::Named(user) => self.exts.get_key_value(user.as_str())?.0.clone(),
+        };
+        self.exts
+            .get(&ext)
+            .is_some_and(|s| s.teams_busy)
+            .then_some(ext)
+    }
+
     fn view(&self, name: &Extension, state: &ExtState) -> ExtensionView {
         let mut calls: Vec<CallView> = self
             .calls
@@ -223,6 +269,7 @@ impl Observer {
             in_directory: state.in_directory,
             external_phase: state.phase,
             dnd: state.dnd,
+            teams_busy: state.teams_busy,
             calls,
             recent: state.recent.iter().cloned().collect(),
         }
@@ -614,6 +661,13 @@ impl Observer {
     /// whose Contact is the Request-URI, or the line named in the Request-URI or To when
     /// it registered several), else the Request-URI's or To's user.
     fn incoming_extension(&mut self, phone: PhoneAddr, msg: &Message) -> Option<Extension> {
+        match self.incoming_target(phone, msg)? {
+            IncomingTarget::Bound(ext) => Some(ext.clone()),
+            IncomingTarget::Named(user) => Some(self.intern(&user)),
+        }
+    }
+
+    fn incoming_target(&self, phone: PhoneAddr, msg: &Message) -> Option<IncomingTarget<'_>> {
         let ruri = msg.request_uri().and_then(Result::ok);
         let ruri_user = ruri.as_ref().and_then(normalize_uri_user);
         let to_user = msg
@@ -630,10 +684,9 @@ impl Observer {
             })
         };
         if let Some(binding) = by_contact.or_else(by_user).or_else(|| bindings.first()) {
-            return Some(binding.ext.clone());
+            return Some(IncomingTarget::Bound(&binding.ext));
         }
-        let user = to_user.or(ruri_user)?;
-        Some(self.intern(&user))
+        to_user.or(ruri_user).map(IncomingTarget::Named)
     }
 
     fn emit(&mut self, now: Instant, event: ObserveEvent, call_id: Option<&Arc<str>>) {

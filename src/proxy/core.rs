@@ -9,7 +9,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use super::flow::{ALIAS_PARAM, AliasTable, ConnId, Flow, parse_token, push_hex, token_text};
 use super::limits::RateLimiter;
@@ -66,6 +66,9 @@ pub struct ProxyConfig {
     pub seed: u64,
     /// How calls, star codes and DND are recognised.
     pub observe: ObserveConfig,
+    /// What a new PBX INVITE to an extension whose Teams user is busy gets (`486 Busy
+    /// Here` by default); `None` lets it through.
+    pub teams_busy_response: Option<(u16, &'static str)>,
 }
 
 /// A message to send.
@@ -109,6 +112,8 @@ pub struct Stats {
     pub retransmissions: u64,
     /// Requests refused by access control or limits.
     pub refused: u64,
+    /// INVITEs refused because the called extension's Teams user is busy.
+    pub teams_busy_refused: u64,
 }
 
 /// The stateful proxy core.
@@ -626,6 +631,12 @@ impl Proxy {
                 return;
             }
         };
+        if side == Side::Pbx
+            && method == Method::Invite
+            && self.refuse_teams_busy(flow, &target, &msg)
+        {
+            return;
+        }
         let id = self.next_id;
         self.next_id += 1;
         let branch = self.new_branch(id);
@@ -691,6 +702,38 @@ impl Proxy {
         self.schedule(id, TimerKind::Timeout, now + TIMEOUT);
         self.stats.requests_forwarded += 1;
         self.send(downstream, forwarded);
+    }
+
+    /// A new INVITE from the PBX to an extension whose Teams user is busy: answered
+    /// here (486 by default) and never forwarded, so no phone rings. In-dialog
+    /// requests (a To tag) always pass.
+    fn refuse_teams_busy(&mut self, flow: Flow, target: &Target, msg: &Message) -> bool {
+        let Some((code, reason)) = self.config.teams_busy_response else {
+            return false;
+        };
+        if msg
+            .to()
+            .and_then(Result::ok)
+            .and_then(|to| to.tag())
+            .is_some()
+        {
+            return false;
+        }
+        let Some(ext) = self
+            .observer
+            .teams_busy_target(PhoneAddr::from(&target.phone_flow), msg)
+        else {
+            return false;
+        };
+        info!(
+            ext = %ext,
+            call_id = %lossy(msg.header(HeaderName::CallId).unwrap_or_default()),
+            code,
+            "call refused: the extension's Teams user is busy"
+        );
+        self.stats.teams_busy_refused += 1;
+        self.respond(flow, msg, code, reason, &[]);
+        true
     }
 
     /// Counts the Route values on top that name this proxy (one, or two with double

@@ -11,8 +11,8 @@ use tokio::net::UdpSocket;
 use tokio::sync::{broadcast, mpsc, watch};
 use tracing::{debug, info, warn};
 
-use super::Event;
 use super::stream::{self, Shared};
+use super::{Control, Event};
 use crate::observe::ObserveEvent;
 use crate::proxy::{Flow, Proxy, ProxyConfig, Transmit};
 use crate::transport::Transport;
@@ -68,6 +68,7 @@ impl Driver {
     pub(super) async fn run(
         mut self,
         mut events: mpsc::Receiver<Event>,
+        mut control: mpsc::Receiver<Control>,
         mut shutdown: watch::Receiver<bool>,
         grace: Duration,
     ) {
@@ -108,6 +109,7 @@ impl Driver {
                         self.handle(now, event);
                     }
                 }
+                Some(command) = control.recv() => self.control(command),
                 received = recv_primary(primary.as_ref(), &mut datagram) => {
                     if let (Ok((n, remote)), Some((local, socket))) = (received, primary.as_ref()) {
                         let now = Instant::now();
@@ -156,6 +158,20 @@ impl Driver {
         };
         self.proxy
             .handle_datagram(now, flow, Bytes::copy_from_slice(bytes));
+    }
+
+    fn control(&mut self, command: Control) {
+        match command {
+            Control::TeamsBusy { ext, busy } => {
+                self.proxy.observer_mut().set_teams_busy(&ext, busy);
+            }
+            Control::Extensions(reply) => {
+                let _ = reply.send(self.proxy.observer().extensions());
+            }
+            Control::Directory(extensions) => {
+                self.proxy.observer_mut().set_directory(extensions);
+            }
+        }
     }
 
     fn handle(&mut self, now: Instant, event: Event) {

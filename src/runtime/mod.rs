@@ -22,12 +22,12 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
 use tokio::net::{TcpListener, UdpSocket};
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::info;
 
 use crate::config::Config;
-use crate::observe::ObserveEvent;
+use crate::observe::{Extension, ExtensionView, ObserveEvent};
 use crate::proxy::{Listener, ProxyConfig};
 use crate::sip::Limits;
 use crate::transport::Transport;
@@ -97,6 +97,48 @@ pub(crate) enum Event {
     PbxResolved(crate::dns::Resolved),
 }
 
+/// What other parts of the product (the sync engine, the portal) ask of the driver.
+#[derive(Debug)]
+pub(crate) enum Control {
+    /// The Teams user of an extension is busy, or no longer.
+    TeamsBusy { ext: Extension, busy: bool },
+    /// The observer's view of every extension.
+    Extensions(oneshot::Sender<Vec<ExtensionView>>),
+    /// The extensions known from the directory (internal-call classification).
+    Directory(Vec<String>),
+}
+
+/// Commands queued for the driver at most; senders wait beyond it (never the SIP path).
+const CONTROL_BACKLOG: usize = 1024;
+
+/// A handle to tell the running proxy what the Teams side knows, and to read its
+/// phone-side state. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct RuntimeControl {
+    tx: mpsc::Sender<Control>,
+}
+
+impl RuntimeControl {
+    /// Marks the Teams user of `ext` busy (new calls to it are refused, per
+    /// `sync.busy_response`) or not. False when the proxy has stopped.
+    pub async fn set_teams_busy(&self, ext: Extension, busy: bool) -> bool {
+        self.tx.send(Control::TeamsBusy { ext, busy }).await.is_ok()
+    }
+
+    /// Every extension the observer knows, by number; `None` when the proxy has stopped.
+    pub async fn extensions(&self) -> Option<Vec<ExtensionView>> {
+        let (reply, answer) = oneshot::channel();
+        self.tx.send(Control::Extensions(reply)).await.ok()?;
+        answer.await.ok()
+    }
+
+    /// Replaces the extensions known from the directory. False when the proxy has
+    /// stopped.
+    pub async fn set_directory(&self, extensions: Vec<String>) -> bool {
+        self.tx.send(Control::Directory(extensions)).await.is_ok()
+    }
+}
+
 /// Phone-state events buffered per subscriber.
 pub const PHONE_EVENT_BACKLOG: usize = 4096;
 
@@ -105,6 +147,7 @@ pub const PHONE_EVENT_BACKLOG: usize = 4096;
 pub struct RuntimeHandle {
     listeners: Vec<Listener>,
     phone_events: broadcast::Sender<ObserveEvent>,
+    control: RuntimeControl,
     shutdown: watch::Sender<bool>,
     driver: JoinHandle<()>,
     io_tasks: Vec<JoinHandle<()>>,
@@ -116,6 +159,11 @@ impl RuntimeHandle {
     /// how many it missed (`RecvError::Lagged`).
     pub fn phone_events(&self) -> broadcast::Receiver<ObserveEvent> {
         self.phone_events.subscribe()
+    }
+
+    /// A handle for the sync engine and the portal.
+    pub fn control(&self) -> RuntimeControl {
+        self.control.clone()
     }
 
     /// The bound listeners (with the ports the system chose for port 0).
@@ -289,6 +337,7 @@ pub async fn start(config: &Config) -> Result<RuntimeHandle, RuntimeError> {
         max_requests_per_second_per_source: config.limits.max_requests_per_second_per_source,
         seed: random_seed(),
         observe: config.observe_config(),
+        teams_busy_response: config.teams_busy_response(),
     };
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (phone_events, _) = broadcast::channel(PHONE_EVENT_BACKLOG);
@@ -304,10 +353,17 @@ pub async fn start(config: &Config) -> Result<RuntimeHandle, RuntimeError> {
         },
         phone_events.clone(),
     );
-    let driver = tokio::spawn(driver.run(events_rx, shutdown_rx, config.limits.shutdown_grace));
+    let (control_tx, control_rx) = mpsc::channel(CONTROL_BACKLOG);
+    let driver = tokio::spawn(driver.run(
+        events_rx,
+        control_rx,
+        shutdown_rx,
+        config.limits.shutdown_grace,
+    ));
     Ok(RuntimeHandle {
         listeners,
         phone_events,
+        control: RuntimeControl { tx: control_tx },
         shutdown: shutdown_tx,
         driver,
         io_tasks,

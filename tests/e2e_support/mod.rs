@@ -183,6 +183,14 @@ impl Proxy {
             .phone_events()
     }
 
+    /// The handle the sync engine uses to mark extensions Teams-busy.
+    pub(crate) fn control(&self) -> runtime::RuntimeControl {
+        self.handle
+            .as_ref()
+            .expect("the proxy is running")
+            .control()
+    }
+
     /// Stops the proxy (open transactions get the configured grace time).
     pub(crate) async fn shutdown(mut self) {
         if let Some(handle) = self.handle.take() {

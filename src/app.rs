@@ -1,0 +1,299 @@
+//! The whole product from one configuration: the SIP proxy (`runtime`) and, when the
+//! file has a `[graph]` section, the Teams side — the store, the Graph client, the sync
+//! engine and the web listener (OAuth round trips, Graph notifications).
+//!
+//! The Teams side runs on a tokio runtime of its own, on its own thread, in
+//! [`run`]: JSON, TLS and SQLite work never shares a thread with the SIP path, which
+//! talks to it only through bounded channels.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::task::JoinHandle;
+use tracing::info;
+
+use crate::config::{Config, GraphSettings};
+use crate::graph::{GraphClient, GraphConfig, GraphError};
+use crate::observe::ObserveEvent;
+use crate::runtime::{RuntimeControl, RuntimeError};
+use crate::store::{EncryptionKey, KEY_ENV, KeyError, Store, StoreError};
+use crate::sync::{SyncEngine, SyncHandle, SyncOptions};
+use crate::web::{CALLBACK_PATH, OAuthService, UNPAIR_PATH, WebError};
+
+/// Why the product could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// The SIP side.
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    /// The store's key.
+    #[error("store key: {0}")]
+    Key(#[from] KeyError),
+    /// The store.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    /// The Graph client.
+    #[error("graph client: {0}")]
+    Graph(#[from] GraphError),
+    /// The client secret file.
+    #[error("cannot read graph.client_secret_file {path}: {source}")]
+    Secret {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The web listener.
+    #[error("cannot listen on {addr} (web.listen): {source}")]
+    WebBind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The OAuth routes.
+    #[error("web: {0}")]
+    Web(#[from] WebError),
+    /// A thread or runtime could not start.
+    #[error("{0}")]
+    Start(String),
+}
+
+/// The Teams side, running.
+#[derive(Debug)]
+pub struct TeamsSide {
+    /// The store.
+    pub store: Store,
+    /// The Graph client.
+    pub graph: GraphClient,
+    /// The sync engine.
+    pub sync: Arc<SyncHandle>,
+    /// Where the web listener listens, when `[web]` is configured.
+    pub web_addr: Option<SocketAddr>,
+    web_task: Option<JoinHandle<()>>,
+}
+
+impl TeamsSide {
+    /// Stops the web listener and the sync engine.
+    pub async fn shutdown(self) {
+        if let Some(task) = self.web_task {
+            task.abort();
+            let _ = task.await;
+        }
+        match Arc::try_unwrap(self.sync) {
+            Ok(sync) => sync.shutdown().await,
+            Err(_) => info!("sync engine still referenced; it stops with the runtime"),
+        }
+    }
+}
+
+/// The public base URL of the web listener: `web.public_url`, else `http://` and the
+/// address it is bound to (`bound`, which knows the port the system chose for port 0).
+pub fn public_url(web: &crate::config::WebSettings, bound: SocketAddr) -> String {
+    web.public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{bound}"))
+}
+
+/// The Graph client configuration of `[graph]`, with the OAuth redirect URI under
+/// `public_url` (empty without a web listener: no sign-ins then).
+pub fn graph_config(
+    graph: &GraphSettings,
+    public_url: Option<&str>,
+) -> Result<GraphConfig, AppError> {
+    let secret = graph
+        .client_secret
+        .load()
+        .map_err(|source| AppError::Secret {
+            path: match &graph.client_secret {
+                crate::config::ClientSecret::File(path) => path.clone(),
+                crate::config::ClientSecret::Inline(_) => std::path::PathBuf::new(),
+            },
+            source,
+        })?;
+    let redirect_uri = public_url
+        .map(OAuthService::callback_url)
+        .unwrap_or_default();
+    Ok(GraphConfig::new(
+        graph.tenant.clone(),
+        graph.client_id.clone(),
+        secret,
+        redirect_uri,
+    )
+    .with_bases(graph.login_base.clone(), graph.graph_base.clone()))
+}
+
+/// Opens the store of `[store]`: the key from `PRESENCE_PROXY_STORE_KEY` when set,
+/// else from `store.key_file` (created when missing).
+pub fn open_store(config: &Config) -> Result<Store, AppError> {
+    let key = if std::env::var_os(KEY_ENV).is_some() {
+        EncryptionKey::from_env(KEY_ENV)?
+    } else {
+        EncryptionKey::load_or_create(&config.store.key_file)?
+    };
+    Ok(Store::open(&config.store.path, key)?)
+}
+
+/// Starts the Teams side for a running proxy, when `[graph]` is configured. The
+/// `[directory]` of the file is merged into the store first.
+pub async fn start_teams(
+    config: &Config,
+    phone_events: tokio::sync::broadcast::Receiver<ObserveEvent>,
+    control: RuntimeControl,
+) -> Result<Option<TeamsSide>, AppError> {
+    let Some(graph_settings) = &config.graph else {
+        return Ok(None);
+    };
+    let store = open_store(config)?;
+    for (ext, email) in &config.directory {
+        store.upsert_extension(ext, Some(email))?;
+    }
+    let web = match &config.web {
+        Some(web) => {
+            let listener = tokio::net::TcpListener::bind(web.listen)
+                .await
+                .map_err(|source| AppError::WebBind {
+                    addr: web.listen,
+                    source,
+                })?;
+            let addr = listener.local_addr().map_err(|source| AppError::WebBind {
+                addr: web.listen,
+                source,
+            })?;
+            Some((listener, addr, public_url(web, addr)))
+        }
+        None => None,
+    };
+    let public = web.as_ref().map(|(_, _, url)| url.as_str());
+    let graph = GraphClient::new(graph_config(graph_settings, public)?)?;
+    let mut options = SyncOptions::new(config.sync.clone());
+    options.app_only = graph_settings.app_only;
+    options.configured_extensions = config.calls.extensions.clone();
+    let sync = Arc::new(SyncEngine::start(
+        options,
+        store.clone(),
+        graph.clone(),
+        phone_events,
+        control,
+    ));
+    let (web_addr, web_task) = match web {
+        Some((listener, addr, public)) => {
+            let router = web_router(&public, &store, &graph, &sync)?;
+            info!(listen = %addr, public = %public, "web listener (OAuth round trips)");
+            let task = tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, router).await {
+                    tracing::warn!(error = %e, "web listener stopped");
+                }
+            });
+            (Some(addr), Some(task))
+        }
+        None => (None, None),
+    };
+    Ok(Some(TeamsSide {
+        store,
+        graph,
+        sync,
+        web_addr,
+        web_task,
+    }))
+}
+
+/// Everything the web listener serves: the OAuth round trips and `/healthz`. A
+/// completed sign-in or an unpairing makes the sync engine read its links again at
+/// once.
+fn web_router(
+    public: &str,
+    store: &Store,
+    graph: &GraphClient,
+    sync: &Arc<SyncHandle>,
+) -> Result<axum::Router, AppError> {
+    let service = OAuthService::new(graph.clone(), store.clone(), public)?;
+    let sync = sync.clone();
+    let reload_after_oauth = axum::middleware::from_fn(
+        move |request: axum::extract::Request, next: axum::middleware::Next| {
+            let sync = sync.clone();
+            async move {
+                let path = request.uri().path();
+                let changes_links = path == CALLBACK_PATH
+                    || UNPAIR_PATH
+                        .strip_suffix("{extension}")
+                        .is_some_and(|prefix| path.starts_with(prefix));
+                let response = next.run(request).await;
+                if changes_links {
+                    sync.reload();
+                }
+                response
+            }
+        },
+    );
+    Ok(crate::web::router(service)
+        .route("/healthz", axum::routing::get(|| async { "ok\n" }))
+        .layer(reload_after_oauth))
+}
+
+/// Runs the whole product until SIGINT/SIGTERM: the proxy on this (single-threaded)
+/// runtime, the Teams side on a thread and runtime of its own.
+pub async fn run(config: &Config) -> Result<(), AppError> {
+    let handle = crate::runtime::start(config).await?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let teams_thread = if config.graph.is_some() {
+        let config = config.clone();
+        let phone_events = handle.phone_events();
+        let control = handle.control();
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let thread = std::thread::Builder::new()
+            .name("teams".into())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(AppError::Start(format!(
+                            "cannot start the Teams runtime: {e}"
+                        ))));
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    let mut stop_rx = stop_rx;
+                    match start_teams(&config, phone_events, control).await {
+                        Ok(side) => {
+                            let _ = ready_tx.send(Ok(()));
+                            let _ = stop_rx.wait_for(|stop| *stop).await;
+                            if let Some(side) = side {
+                                side.shutdown().await;
+                            }
+                        }
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e));
+                        }
+                    }
+                });
+            })
+            .map_err(|e| AppError::Start(format!("cannot start the Teams thread: {e}")))?;
+        match ready_rx.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                handle.shutdown().await;
+                return Err(e);
+            }
+            Err(_) => {
+                handle.shutdown().await;
+                return Err(AppError::Start("the Teams thread stopped".into()));
+            }
+        }
+        Some(thread)
+    } else {
+        None
+    };
+    crate::runtime::shutdown_signal().await;
+    info!("shutting down: finishing open transactions");
+    let _ = stop_tx.send(true);
+    handle.shutdown().await;
+    if let Some(thread) = teams_thread {
+        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+    }
+    Ok(())
+}
