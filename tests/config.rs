@@ -832,3 +832,176 @@ fn calls_errors_name_the_entry() {
     assert_eq!(err.kind(), ConfigErrorKind::UnknownKey, "{err}");
     assert_eq!(err.line(), 8, "{err}");
 }
+
+// ---------------------------------------------------------------------------------
+// The Teams-side sections: [graph], [web], [store], [sync], [directory]
+
+#[test]
+fn example_toml_documents_the_teams_side() {
+    use presence_proxy::config::{ClientSecret, SyncSettings};
+    use presence_proxy::sync::BusyResponse;
+    let config = Config::load(&repo_file("config/example.toml")).unwrap();
+    let graph = config.graph.as_ref().unwrap();
+    assert_eq!(graph.tenant, "contoso.example");
+    assert_eq!(
+        graph.client_secret,
+        ClientSecret::File(repo_file("config/graph-client-secret.txt"))
+    );
+    assert_eq!(graph.login_base, "https://login.microsoftonline.com");
+    assert_eq!(graph.graph_base, "https://graph.microsoft.com/v1.0");
+    assert!(!graph.app_only);
+    assert_eq!(graph.notification_url, None);
+    let web = config.web.as_ref().unwrap();
+    assert_eq!(web.listen, addr("127.0.0.1:8080"));
+    assert_eq!(web.public_url.as_deref(), Some("https://proxy.example.com"));
+    assert_eq!(
+        config.store.path,
+        repo_file("config/presence-proxy.sqlite3"),
+        "relative to the file"
+    );
+    assert_eq!(
+        config.store.key_file,
+        repo_file("config/presence-proxy.sqlite3.key")
+    );
+    // the example spells out every [sync] default but the switch
+    assert_eq!(
+        config.sync,
+        SyncSettings {
+            pbx_to_teams: Some(true),
+            ..SyncSettings::default()
+        }
+    );
+    assert_eq!(config.sync.busy_response, BusyResponse::BusyHere);
+    assert_eq!(config.teams_busy_response(), Some((486, "Busy Here")));
+    assert_eq!(
+        config.directory,
+        [
+            ("201".to_owned(), "alice@contoso.example".to_owned()),
+            ("202".to_owned(), "bob@contoso.example".to_owned())
+        ]
+    );
+    // directory extensions are known extensions: calls between them are internal
+    assert!(
+        config
+            .observe_config()
+            .directory
+            .contains(&"202".to_owned())
+    );
+}
+
+#[test]
+fn without_teams_sections_the_defaults_hold() {
+    let config = Config::from_toml(MINIMAL, Path::new(FILE)).unwrap();
+    assert_eq!(config.graph, None);
+    assert_eq!(config.web, None);
+    assert_eq!(
+        config.store.path,
+        Path::new("config/presence-proxy.sqlite3"),
+        "next to the file"
+    );
+    assert_eq!(
+        config.store.key_file,
+        Path::new("config/presence-proxy.sqlite3.key")
+    );
+    assert_eq!(config.sync, presence_proxy::config::SyncSettings::default());
+    assert!(config.directory.is_empty());
+}
+
+#[test]
+fn teams_side_mistakes_name_their_key() {
+    let with = |extra: &str| format!("{MINIMAL}{extra}");
+    // MINIMAL is 5 lines; the extra starts on line 6
+    let graph = "[graph]\ntenant = \"contoso.example\"\nclient_id = \"c\"\n";
+
+    let err = load_err(&with(
+        "[graph]\ntenant = \"common\"\nclient_id = \"c\"\nclient_secret = \"s\"\n",
+    ));
+    assert_at(&err, 7, 10, "graph.tenant", ConfigErrorKind::Invalid);
+
+    let err = load_err(&with(&format!(
+        "{graph}client_secret = \"s\"\nclient_secret_file = \"f\"\n"
+    )));
+    assert_at(&err, 9, 17, "graph.client_secret", ConfigErrorKind::Invalid);
+
+    let err = load_err(&with(graph));
+    assert_eq!(err.key(), "graph.client_secret", "{err}");
+
+    let err = load_err(&with(&format!(
+        "{graph}client_secret = \"s\"\ngraph_base = \"graph.example\"\n"
+    )));
+    assert_at(&err, 10, 14, "graph.graph_base", ConfigErrorKind::Invalid);
+
+    let err = load_err(&with("[web]\nlisten = \"localhost\"\n"));
+    assert_at(&err, 7, 10, "web.listen", ConfigErrorKind::Invalid);
+
+    let err = load_err(&with("[sync]\nbusy_response = 404\n"));
+    assert_at(&err, 7, 17, "sync.busy_response", ConfigErrorKind::Invalid);
+
+    let err = load_err(&with("[sync]\nteams_busy = [\"Busy\", \"Snoozing\"]\n"));
+    assert_at(&err, 7, 23, "sync.teams_busy[1]", ConfigErrorKind::Invalid);
+    assert!(err.message().contains("Snoozing"), "{err}");
+
+    let err = load_err(&with("[sync]\npoll_interval_ms = 50\n"));
+    assert_at(
+        &err,
+        7,
+        20,
+        "sync.poll_interval_ms",
+        ConfigErrorKind::Invalid,
+    );
+
+    let err = load_err(&with("[sync]\ndnd_mode = \"loud\"\n"));
+    assert_at(&err, 7, 12, "sync.dnd_mode", ConfigErrorKind::Invalid);
+
+    let err = load_err(&with("[sync]\nscope = \"some\"\n"));
+    assert_at(&err, 7, 9, "sync.scope", ConfigErrorKind::Invalid);
+
+    let err = load_err(&with("[sync]\nsession_expiration_minutes = 300\n"));
+    assert_at(
+        &err,
+        7,
+        30,
+        "sync.session_expiration_minutes",
+        ConfigErrorKind::Invalid,
+    );
+
+    let err = load_err(&with("[directory]\n\"201\" = \"alice\"\n"));
+    assert_at(&err, 7, 9, "directory.201", ConfigErrorKind::Invalid);
+
+    let err = load_err(&with("[sync]\nbusy = 486\n"));
+    assert_eq!(err.kind(), ConfigErrorKind::UnknownKey, "{err}");
+    assert_eq!(err.key(), "sync.busy", "{err}");
+}
+
+#[test]
+fn sync_values_parse() {
+    use presence_proxy::sync::{BusyResponse, CallEnd, DndMode};
+    let text = format!(
+        "{MINIMAL}[sync]\nscope = [\"201\", \"202\"]\nbusy_response = \"off\"\ndnd_mode = \"preferred\"\ncall_end = \"available\"\nteams_busy = [\"Busy/InACall\"]\ncoalesce_ms = 0\n"
+    );
+    let config = Config::from_toml(&text, Path::new(FILE)).unwrap();
+    assert_eq!(
+        config.sync.scope,
+        Some(vec!["201".to_owned(), "202".to_owned()])
+    );
+    assert_eq!(config.sync.busy_response, BusyResponse::Off);
+    assert_eq!(config.teams_busy_response(), None);
+    assert_eq!(config.sync.rules.dnd_mode, DndMode::Preferred);
+    assert_eq!(config.sync.rules.call_end, CallEnd::Available);
+    assert_eq!(config.sync.rules.coalesce, Duration::ZERO);
+    use presence_proxy::graph::{Activity, Availability};
+    assert!(
+        config
+            .sync
+            .rules
+            .busy
+            .is_busy(&Availability::Busy, &Activity::InACall)
+    );
+    assert!(
+        !config
+            .sync
+            .rules
+            .busy
+            .is_busy(&Availability::Busy, &Activity::InAMeeting)
+    );
+}
