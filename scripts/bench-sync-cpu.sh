@@ -50,6 +50,9 @@ EOF
 
 echo "== without sync (config/loopback.toml)"
 ../shared/bench/compare-with-kamailio.sh -k "$rounds" -- "$bin" run --config config/loopback.toml
+# the first comparison's SIPp UAS must be gone before the second starts its own
+for _ in $(seq 50); do pgrep -f "sipp -sn uas -i 127.0.0.1 -p 5070" >/dev/null || break; sleep 0.2; done
+sleep 2
 echo "== with sync ($work/sync.toml: emulator, app-only token, 'sipp' = alice)"
 ../shared/bench/compare-with-kamailio.sh -k "$rounds" -- "$bin" run --config "$work/sync.toml"
 echo "== Graph requests the synced run made"

@@ -10,14 +10,21 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::task::JoinHandle;
-use tracing::info;
+use tracing::{info, warn};
+
+/// Change notifications waiting for the sync engine; beyond it the receiver drops them
+/// and asks for a poll.
+const NOTIFICATION_BACKLOG: usize = 1024;
 
 use crate::config::{Config, GraphSettings};
-use crate::graph::{GraphClient, GraphConfig, GraphError};
+use crate::graph::{
+    GraphClient, GraphConfig, GraphError, NotificationReceiver, new_client_state,
+    notification_routes,
+};
 use crate::observe::ObserveEvent;
 use crate::runtime::{RuntimeControl, RuntimeError};
 use crate::store::{EncryptionKey, KEY_ENV, KeyError, Store, StoreError};
-use crate::sync::{SyncEngine, SyncHandle, SyncOptions};
+use crate::sync::{NotificationSetup, SyncEngine, SyncHandle, SyncOptions};
 use crate::web::{CALLBACK_PATH, OAuthService, UNPAIR_PATH, WebError};
 
 /// Why the product could not start.
@@ -169,16 +176,40 @@ pub async fn start_teams(
     let mut options = SyncOptions::new(config.sync.clone());
     options.app_only = graph_settings.app_only;
     options.configured_extensions = config.calls.extensions.clone();
+    // change notifications need the web listener to receive them
+    let (receiver, notifications) = match (&graph_settings.notification_url, &web) {
+        (Some(url), Some(_)) => {
+            let client_state = new_client_state()?;
+            let (receiver, rx) = NotificationReceiver::new(&client_state, NOTIFICATION_BACKLOG);
+            let setup = NotificationSetup {
+                notification_url: url.clone(),
+                client_state,
+                notifications: rx,
+            };
+            (Some(receiver), Some(setup))
+        }
+        (Some(_), None) => {
+            warn!(
+                "graph.notification_url needs a [web] listener to receive notifications: polling instead"
+            );
+            (None, None)
+        }
+        (None, _) => (None, None),
+    };
     let sync = Arc::new(SyncEngine::start(
         options,
         store.clone(),
         graph.clone(),
         phone_events,
         control,
+        notifications,
     ));
     let (web_addr, web_task) = match web {
         Some((listener, addr, public)) => {
-            let router = web_router(&public, &store, &graph, &sync)?;
+            let mut router = web_router(&public, &store, &graph, &sync)?;
+            if let Some(receiver) = receiver {
+                router = router.merge(notification_routes(receiver));
+            }
             info!(listen = %addr, public = %public, "web listener (OAuth round trips)");
             let task = tokio::spawn(async move {
                 if let Err(e) = axum::serve(listener, router).await {

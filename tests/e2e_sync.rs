@@ -124,6 +124,7 @@ async fn world() -> World {
         graph.clone(),
         proxy.phone_events(),
         proxy.control(),
+        None,
     );
     let world = World {
         env,
@@ -527,6 +528,7 @@ async fn a_proxy_killed_mid_call_clears_the_session_when_it_starts_again() {
         graph.clone(),
         proxy.phone_events(),
         proxy.control(),
+        None,
     );
     let world = World {
         env,
@@ -590,5 +592,149 @@ async fn a_graph_that_takes_ten_seconds_does_not_slow_calls_down() {
         "{slow_graph:?} vs {normal:?}"
     );
     world.faults(None).await;
+    world.stop().await;
+}
+
+/// The engine with presence change notifications: the webhook on a loopback listener,
+/// polling slowed to once an hour, so only notifications (and the catch-up poll after a
+/// subscription is made) can tell it anything.
+async fn world_with_notifications() -> World {
+    use presence_proxy::graph::{NotificationReceiver, new_client_state, notification_routes};
+    use presence_proxy::sync::NotificationSetup;
+    let mut world = world().await;
+    world.sync.shutdown().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!(
+        "http://{}/graph/notifications",
+        listener.local_addr().unwrap()
+    );
+    let client_state = new_client_state().unwrap();
+    let (receiver, notifications) = NotificationReceiver::new(&client_state, 64);
+    tokio::spawn(async move {
+        axum::serve(listener, notification_routes(receiver))
+            .await
+            .unwrap();
+    });
+    let mut options = options();
+    options.settings.poll_interval = Duration::from_secs(3600);
+    options.settings.catch_up_poll = Duration::from_secs(3600);
+    world.sync = SyncEngine::start(
+        options,
+        world.store.clone(),
+        world.graph.clone(),
+        world.proxy.phone_events(),
+        world.proxy.control(),
+        Some(NotificationSetup {
+            notification_url: url,
+            client_state,
+            notifications,
+        }),
+    );
+    world
+        .wait_for(
+            "a presence subscription at Graph",
+            Duration::from_secs(10),
+            || async {
+                let (_, body) = world
+                    .env
+                    .control_json(reqwest::Method::GET, "/subscriptions", None)
+                    .await;
+                body.to_string().contains(BOB)
+            },
+        )
+        .await;
+    world
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn change_notifications_drive_teams_busy_and_the_proxys_own_echo_is_ignored() {
+    let world = world_with_notifications().await;
+    world.env.teams_client(BOB, "dnd").await;
+    let took = world
+        .wait_for(
+            "201 Teams-busy by notification",
+            Duration::from_secs(5),
+            || async { world.teams_busy() },
+        )
+        .await;
+    println!("Teams DND → 201 DND by notification in {took:?} (polling is hourly)");
+    world.env.teams_client(BOB, "available").await;
+    world
+        .wait_for("201 free again", Duration::from_secs(5), || async {
+            !world.teams_busy()
+        })
+        .await;
+    // the proxy's own Busy/InACall comes back as a notification: an echo
+    let mut events = world.proxy.phone_events();
+    let peers = external_call(&world, 1500).await;
+    world
+        .wait_for("Busy/InACall", Duration::from_secs(5), || async {
+            world.app_session().await == Some(("Busy".into(), "InACall".into()))
+        })
+        .await;
+    loop {
+        assert!(!world.teams_busy(), "the proxy's own session made 201 DND");
+        if let Ok(Ok(event)) = tokio::time::timeout(LOOK, events.recv()).await {
+            if event.to_string() == "ExternalCallEnded 201" {
+                break;
+            }
+        }
+    }
+    peers.finish().await;
+    world
+        .wait_for("the session cleared", Duration::from_secs(5), || async {
+            world.app_session().await.is_none()
+        })
+        .await;
+    assert!(!world.teams_busy());
+    world.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_email_with_no_teams_user_is_reported_not_retried() {
+    let world = world().await;
+    world
+        .store
+        .upsert_extension("202", Some("nobody@contoso.example"))
+        .unwrap();
+    world.sync.reload();
+    world
+        .wait_for("202 reported", Duration::from_secs(10), || async {
+            world
+                .store
+                .extension("202")
+                .unwrap()
+                .and_then(|e| e.last_error)
+                .is_some()
+        })
+        .await;
+    let error = world
+        .store
+        .extension("202")
+        .unwrap()
+        .unwrap()
+        .last_error
+        .unwrap();
+    assert!(error.contains("nobody@contoso.example"), "{error}");
+    let lookups = || async {
+        let (_, body) = world
+            .env
+            .control_json(reqwest::Method::GET, "/requests", None)
+            .await;
+        body["value"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["path"].as_str().unwrap().contains("nobody"))
+            .count()
+    };
+    let first = lookups().await;
+    assert!(first >= 1);
+    // several reloads later (every 500 ms here), no new lookup
+    for _ in 0..4 {
+        world.sync.reload();
+        tokio::time::sleep(Duration::from_millis(500)).await; // reload rounds to let pass
+    }
+    assert_eq!(lookups().await, first, "looked up again");
     world.stop().await;
 }

@@ -464,3 +464,46 @@ fn reading_is_switched_off_with_the_link() {
     assert_eq!(h.busy_changes(), [false]);
     assert!(h.core.watched_users().is_empty());
 }
+
+#[test]
+fn what_is_about_to_be_written_is_persisted_first_and_only_then() {
+    let mut h = Harness::new(SyncRules::default());
+    // a burst of phone events inside the window: nothing to persist yet
+    for _ in 0..10 {
+        h.call(CallPhase::Ringing);
+        h.hang_up();
+    }
+    h.call(CallPhase::Connected);
+    assert!(h.drain().is_empty());
+    h.advance(Duration::from_millis(30));
+    let outputs = h.drain();
+    let kinds: Vec<&str> = outputs
+        .iter()
+        .map(|o| match o {
+            Output::Desired { .. } => "desired",
+            Output::Write(_) => "write",
+            Output::Confirmed { .. } => "confirmed",
+            Output::TeamsBusy { .. } => "busy",
+        })
+        .collect();
+    assert_eq!(kinds, ["desired", "write"]);
+    let Output::Desired { state, .. } = &outputs[0] else {
+        unreachable!()
+    };
+    assert_eq!(
+        state,
+        &TeamsState {
+            user_id: Some(USER.into()),
+            session: SessionTarget::InCall,
+            preferred: PreferredTarget::Clear,
+        }
+    );
+    let Output::Write(write) = &outputs[1] else {
+        unreachable!()
+    };
+    h.done(write, WriteOutcome::Done);
+    assert!(matches!(
+        h.drain().as_slice(),
+        [Output::Confirmed { state, .. }] if state.session == SessionTarget::InCall
+    ));
+}

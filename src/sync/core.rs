@@ -153,7 +153,8 @@ pub enum Output {
         /// Busy or not.
         busy: bool,
     },
-    /// The wanted Teams state changed: persist it (a restart clears what it names).
+    /// A write of this state is about to be made: persist it (a restart clears what it
+    /// names).
     Desired {
         /// The extension.
         ext: Extension,
@@ -209,6 +210,9 @@ struct ExtSync {
     last_own_dnd_session: Option<Instant>,
     last_own_dnd_preferred: Option<Instant>,
     teams_busy: bool,
+    /// The last wanted (session, preferred): a new one restarts the coalescing window.
+    last_wish: Option<(SessionTarget, PreferredTarget)>,
+    /// The last state handed out to persist.
     last_desired: Option<TeamsState>,
     /// The deadline queued for it, so each extension has at most one live entry.
     queued: Option<Instant>,
@@ -234,6 +238,7 @@ impl ExtSync {
             last_own_dnd_session: None,
             last_own_dnd_preferred: None,
             teams_busy: false,
+            last_wish: None,
             last_desired: None,
             queued: None,
         }
@@ -632,29 +637,16 @@ impl SyncCore {
         });
     }
 
-    /// The phone side or the link changed: persist the new wish and write it soon.
+    /// The phone side or the link changed: write the new wish soon.
     fn changed(&mut self, now: Instant, ext: &Extension) {
         let rules = &self.rules;
         let Some(state) = self.exts.get_mut(ext) else {
             return;
         };
         state.note_own(now);
-        let (session, preferred) = state.desired(rules);
-        let desired = TeamsState {
-            user_id: state.link.user_id.clone(),
-            session,
-            preferred,
-        };
-        if state.last_desired.as_ref() != Some(&desired) {
-            // a first wish that is all clear with nothing held needs no row
-            let worth_a_row = state.last_desired.is_some() || !desired.is_clear();
-            state.last_desired = Some(desired.clone());
-            if worth_a_row {
-                self.outputs.push_back(Output::Desired {
-                    ext: ext.clone(),
-                    state: desired,
-                });
-            }
+        let wish = state.desired(rules);
+        if state.last_wish != Some(wish) {
+            state.last_wish = Some(wish);
             let settle = now + rules.coalesce;
             state.settle_at = Some(state.settle_at.map_or(settle, |at| at.max(settle)));
         }
@@ -732,6 +724,20 @@ impl SyncCore {
         }
         state.in_flight = Some((id, channel));
         state.note_own(now);
+        // what is about to be in Teams is persisted first (a restart clears it): once per
+        // write, not once per phone event
+        let desired = TeamsState {
+            user_id: Some(user_id.clone()),
+            session,
+            preferred,
+        };
+        if state.last_desired.as_ref() != Some(&desired) {
+            state.last_desired = Some(desired.clone());
+            self.outputs.push_back(Output::Desired {
+                ext: ext.clone(),
+                state: desired,
+            });
+        }
         debug!(ext = %ext, ?write, ?reason, "Teams write");
         self.outputs.push_back(Output::Write(WriteRequest {
             ext: ext.clone(),

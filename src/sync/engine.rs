@@ -26,6 +26,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use super::core::{Link, Output, SyncCore, TeamsState, Write, WriteOutcome, WriteRequest};
+use super::notify::{NotificationSetup, notification_loop};
 use crate::config::SyncSettings;
 use crate::graph::{
     DOMAIN_SCOPES, GraphClient, GraphError, Presence, StoreTokenSink, TokenSet, Tokens, USER_SCOPES,
@@ -33,6 +34,11 @@ use crate::graph::{
 use crate::observe::{Extension, ObserveEvent};
 use crate::runtime::RuntimeControl;
 use crate::store::{Resolution, Scope, Store, TokenInfo, TokenKind, TokenStatus};
+
+/// While phone events keep coming, they are taken in batches this far apart (the first
+/// of a burst at once): the proxy's thread then wakes the engine's a hundred times a
+/// second at most, not once per event.
+const PHONE_EVENT_BATCH: Duration = Duration::from_millis(10);
 
 /// How the engine runs.
 #[derive(Debug, Clone)]
@@ -121,11 +127,12 @@ struct Shared {
 
 /// What the poller polls, kept current by the core task.
 #[derive(Debug, Default)]
-struct PollTargets {
-    users: Vec<String>,
-    reader: Option<Arc<Tokens>>,
-    /// A notification arrived recently: poll at the catch-up interval.
-    notified_at: Option<Instant>,
+pub(super) struct PollTargets {
+    pub(super) users: Vec<String>,
+    pub(super) reader: Option<Arc<Tokens>>,
+    /// Every watched user is covered by a presence subscription: poll at the catch-up
+    /// interval only.
+    pub(super) covered: bool,
 }
 
 /// A poll's result.
@@ -251,6 +258,7 @@ impl SyncEngine {
         graph: GraphClient,
         phone_events: broadcast::Receiver<ObserveEvent>,
         control: RuntimeControl,
+        notifications: Option<NotificationSetup>,
     ) -> SyncHandle {
         let reload = Arc::new(Notify::new());
         let resolve = Arc::new(Notify::new());
@@ -269,6 +277,7 @@ impl SyncEngine {
             users: HashMap::new(),
             domain: None,
         };
+        let poll_now = Arc::new(Notify::new());
         let mut tasks = Vec::new();
         tasks.push(tokio::spawn(poll_loop(
             graph.clone(),
@@ -277,7 +286,17 @@ impl SyncEngine {
             options.settings.catch_up_poll,
             observations_tx,
             shared.clone(),
+            poll_now.clone(),
         )));
+        if let Some(setup) = notifications {
+            tasks.push(tokio::spawn(notification_loop(
+                graph.clone(),
+                poll_targets.clone(),
+                setup,
+                notifications_tx.clone(),
+                poll_now,
+            )));
+        }
         tasks.push(tokio::spawn(persist_loop(
             store.clone(),
             persist_slots.clone(),
@@ -358,6 +377,7 @@ impl CoreTask {
         self.reload_links().await;
         let mut reload_tick = tokio::time::interval(self.options.reload_interval);
         reload_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut batch_until: Option<tokio::time::Instant> = None;
         loop {
             self.carry_out().await;
             let deadline = self.core.poll_timeout();
@@ -367,18 +387,43 @@ impl CoreTask {
                     None => std::future::pending().await,
                 }
             };
+            let batch_sleep = async {
+                match batch_until {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
-                event = phone_events.recv() => match event {
-                    Ok(event) => self.core.phone_event(Instant::now(), &event),
-                    Err(broadcast::error::RecvError::Lagged(missed)) => {
-                        warn!(missed, "sync engine fell behind the phone events: reading the phone state again");
-                        self.resync_phones().await;
-                    }
-                    Err(broadcast::error::RecvError::Closed) => {
-                        info!("the proxy stopped: sync engine stops");
+                // the first event after a quiet spell is taken at once; while events keep
+                // coming they are drained every PHONE_EVENT_BATCH instead, so a busy
+                // proxy does not wake this thread once per event
+                event = phone_events.recv(), if batch_until.is_none() => {
+                    if !self.phone_event(event).await {
                         return;
                     }
-                },
+                    batch_until = Some(tokio::time::Instant::now() + PHONE_EVENT_BATCH);
+                }
+                () = batch_sleep => {
+                    let mut drained = 0usize;
+                    loop {
+                        let event = match phone_events.try_recv() {
+                            Ok(event) => Ok(event),
+                            Err(broadcast::error::TryRecvError::Empty) => break,
+                            Err(broadcast::error::TryRecvError::Lagged(n)) => {
+                                Err(broadcast::error::RecvError::Lagged(n))
+                            }
+                            Err(broadcast::error::TryRecvError::Closed) => {
+                                Err(broadcast::error::RecvError::Closed)
+                            }
+                        };
+                        if !self.phone_event(event).await {
+                            return;
+                        }
+                        drained += 1;
+                    }
+                    batch_until = (drained > 0)
+                        .then(|| tokio::time::Instant::now() + PHONE_EVENT_BATCH);
+                }
                 Some((ext, id, outcome)) = outcomes.recv() => {
                     self.note_outcome(&ext, &outcome);
                     self.core.write_done(Instant::now(), &ext, id, outcome);
@@ -391,7 +436,6 @@ impl CoreTask {
                 }
                 Some(presence) = notifications.recv() => {
                     let now = Instant::now();
-                    self.poll_targets.lock().notified_at = Some(now);
                     self.core.teams_presence(now, now, &presence.id, &presence.availability, &presence.activity);
                 }
                 () = sleep => self.core.handle_timeout(Instant::now()),
@@ -399,6 +443,29 @@ impl CoreTask {
                 () = reload.notified() => self.reload_links().await,
             }
         }
+    }
+
+    /// One phone event (or the news that some were missed); false when the proxy has
+    /// stopped.
+    async fn phone_event(
+        &mut self,
+        event: Result<ObserveEvent, broadcast::error::RecvError>,
+    ) -> bool {
+        match event {
+            Ok(event) => self.core.phone_event(Instant::now(), &event),
+            Err(broadcast::error::RecvError::Lagged(missed)) => {
+                warn!(
+                    missed,
+                    "sync engine fell behind the phone events: reading the phone state again"
+                );
+                self.resync_phones().await;
+            }
+            Err(broadcast::error::RecvError::Closed) => {
+                info!("the proxy stopped: sync engine stops");
+                return false;
+            }
+        }
+        true
     }
 
     /// `[sync] pbx_to_teams` and `scope` from the configuration win over the store.
@@ -670,18 +737,16 @@ async fn poll_loop(
     catch_up: Duration,
     observations: mpsc::Sender<Observation>,
     shared: Arc<Mutex<Shared>>,
+    poll_now: Arc<Notify>,
 ) {
     let mut last_error: Option<String> = None;
     loop {
-        let (users, reader, notified_at) = {
+        let (users, reader, covered) = {
             let t = targets.lock();
-            (t.users.clone(), t.reader.clone(), t.notified_at)
+            (t.users.clone(), t.reader.clone(), t.covered)
         };
-        // while notifications arrive, polling is only the catch-up
-        let wait = match notified_at {
-            Some(at) if at.elapsed() < catch_up => catch_up,
-            _ => interval,
-        };
+        // while subscriptions cover everyone, polling is only the catch-up
+        let wait = if covered { catch_up } else { interval };
         if let (false, Some(reader)) = (users.is_empty(), reader) {
             let requested_at = Instant::now();
             match graph.presences_by_user_id(&reader, &users).await {
@@ -715,7 +780,10 @@ async fn poll_loop(
                 }
             }
         }
-        tokio::time::sleep(wait).await;
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = poll_now.notified() => {}
+        }
     }
 }
 

@@ -13,6 +13,7 @@
 //! | `rules.rs` | [`SyncRules`]: busy rule, DND mode, call end, timings; [`BusyResponse`] |
 //! | `core.rs` | [`SyncCore`], sans-IO: wanted vs held state per extension, one write in flight each, coalescing, backoff, keep-alive, restart recovery, loop-free Teams-busy |
 //! | `engine.rs` | [`SyncEngine`]: the tokio shell — links from the store, credentials, write tasks, the poller, persistence, [`SyncHandle`] |
+//! | `notify.rs` | Teams presence by change notifications: subscriptions kept with the domain token, notifications resolved into presences, catch-up polls |
 //!
 //! SIP never waits on Graph: the driver only publishes events into a bounded broadcast
 //! and takes Teams-busy verdicts from a bounded channel; when the engine falls behind it
@@ -20,6 +21,7 @@
 
 mod core;
 mod engine;
+mod notify;
 mod rules;
 
 pub use self::core::{
@@ -27,4 +29,5 @@ pub use self::core::{
     WriteReason, WriteRequest,
 };
 pub use engine::{SyncEngine, SyncHandle, SyncOptions};
+pub use notify::NotificationSetup;
 pub use rules::{BusyResponse, BusyRule, BusyState, CallEnd, DndMode, SyncRules};
