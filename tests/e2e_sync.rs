@@ -115,26 +115,8 @@ async fn world() -> World {
         DOMAIN_SCOPES,
     )
     .await;
-    let pbx_port = free_port();
-    let proxy = start_proxy(pbx_port, None).await;
     let graph = graph_client(&env);
-    let sync = SyncEngine::start(
-        options(),
-        store.clone(),
-        graph.clone(),
-        proxy.phone_events(),
-        proxy.control(),
-        None,
-    );
-    let world = World {
-        env,
-        store,
-        graph,
-        proxy,
-        sync,
-        pbx_port,
-        _store_dir: store_dir,
-    };
+    let world = start_world(env, store, graph, free_port(), store_dir).await;
     // the email resolved to bob and the first poll came back
     world
         .wait_for("201 resolved to bob", Duration::from_secs(10), || async {
@@ -148,6 +130,34 @@ async fn world() -> World {
         })
         .await;
     world
+}
+
+/// A proxy relaying to a PBX on `pbx_port` and a sync engine over `store`.
+async fn start_world(
+    env: Env,
+    store: Store,
+    graph: GraphClient,
+    pbx_port: u16,
+    store_dir: tempfile::TempDir,
+) -> World {
+    let proxy = start_proxy(pbx_port, None).await;
+    let sync = SyncEngine::start(
+        options(),
+        store.clone(),
+        graph.clone(),
+        proxy.phone_events(),
+        proxy.control(),
+        None,
+    );
+    World {
+        env,
+        store,
+        graph,
+        proxy,
+        sync,
+        pbx_port,
+        _store_dir: store_dir,
+    }
 }
 
 impl World {
@@ -521,24 +531,7 @@ async fn a_proxy_killed_mid_call_clears_the_session_when_it_starts_again() {
         Some(("Busy".into(), "InACall".into())),
         "the session outlives the proxy"
     );
-    let proxy = start_proxy(pbx_port, None).await;
-    let sync = SyncEngine::start(
-        options(),
-        store.clone(),
-        graph.clone(),
-        proxy.phone_events(),
-        proxy.control(),
-        None,
-    );
-    let world = World {
-        env,
-        store,
-        graph,
-        proxy,
-        sync,
-        pbx_port,
-        _store_dir,
-    };
+    let world = start_world(env, store, graph, pbx_port, _store_dir).await;
     world
         .wait_for(
             "the session cleared after the restart",
