@@ -6,7 +6,6 @@
 
 mod emulator_support;
 
-use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -522,44 +521,6 @@ async fn request_budget_holds_back() {
     }
     assert!(started.elapsed() >= Duration::from_millis(700));
     assert_eq!(graph.budget().in_window().await, 1);
-}
-
-#[derive(Clone, Default)]
-struct Buffer(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Buffer {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Buffer {
-    type Writer = Buffer;
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
-}
-
-/// Every test of this file logs at TRACE into one buffer. A process-wide subscriber, not a
-/// per-test `set_default`: with tests on parallel threads, a callsite first hit on a
-/// thread without a subscriber could be cached as disabled.
-fn capture_logs() -> Buffer {
-    static LOGS: std::sync::OnceLock<Buffer> = std::sync::OnceLock::new();
-    LOGS.get_or_init(|| {
-        let buffer = Buffer::default();
-        let subscriber = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::TRACE)
-            .with_writer(buffer.clone())
-            .with_ansi(false)
-            .finish();
-        tracing::subscriber::set_global_default(subscriber).expect("one global subscriber");
-        buffer
-    })
-    .clone()
 }
 
 /// No token, code, verifier or secret in any log line, at TRACE, through every path:

@@ -8,8 +8,7 @@
 
 mod emulator_support;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use emulator_support::*;
@@ -762,41 +761,4 @@ async fn presences_of_10000_users_in_16_requests() {
     assert!(log.iter().all(|(m, p, s)| m == "POST"
         && p == "/v1.0/communications/getPresencesByUserId"
         && *s == 200));
-}
-
-#[derive(Clone, Default)]
-struct Buffer(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Buffer {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Buffer {
-    type Writer = Buffer;
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
-}
-
-/// Every test of this file logs at TRACE into one buffer (one process-wide subscriber:
-/// see tests/graph_client.rs for why not per test).
-fn capture_logs() -> Buffer {
-    static LOGS: std::sync::OnceLock<Buffer> = std::sync::OnceLock::new();
-    LOGS.get_or_init(|| {
-        let buffer = Buffer::default();
-        let subscriber = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::TRACE)
-            .with_writer(buffer.clone())
-            .with_ansi(false)
-            .finish();
-        tracing::subscriber::set_global_default(subscriber).expect("one global subscriber");
-        buffer
-    })
-    .clone()
 }

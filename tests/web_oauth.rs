@@ -12,11 +12,10 @@
 
 mod emulator_support;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use emulator_support::{ALICE, BOB, Env, start_with};
+use emulator_support::{ALICE, BOB, Env, capture_logs, start_with};
 use presence_proxy::emulator::{
     CONTOSO_CLIENT_ID, CONTOSO_CLIENT_SECRET, CONTOSO_TENANT_ID, EmulatorConfig, Seed,
 };
@@ -649,43 +648,6 @@ async fn unpair_clears_the_session_and_deletes_the_token() {
     assert_eq!(status, StatusCode::OK, "{body}");
     assert!(body.contains("had no presence set"), "{body}");
     assert!(w.store.list_tokens().unwrap().is_empty());
-}
-
-#[derive(Clone, Default)]
-struct Buffer(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Buffer {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Buffer {
-    type Writer = Buffer;
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
-}
-
-/// Every test of this file logs at TRACE into one process-wide buffer (a per-test
-/// `set_default` could leave callsites cached as disabled on other threads).
-fn capture_logs() -> Buffer {
-    static LOGS: std::sync::OnceLock<Buffer> = std::sync::OnceLock::new();
-    LOGS.get_or_init(|| {
-        let buffer = Buffer::default();
-        let subscriber = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::TRACE)
-            .with_writer(buffer.clone())
-            .with_ansi(false)
-            .finish();
-        tracing::subscriber::set_global_default(subscriber).expect("one global subscriber");
-        buffer
-    })
-    .clone()
 }
 
 /// A full pairing and unpairing at TRACE: the code, `state`, nonce, access and refresh

@@ -329,3 +329,42 @@ pub fn token_error(body: &Value) -> (String, u64) {
     assert!(description.contains("\r\nTimestamp: "), "{description}");
     (body["error"].as_str().expect("error").to_owned(), code)
 }
+
+/// Where every test of a file logs, at TRACE (see [`capture_logs`]).
+#[derive(Clone, Default)]
+pub struct Buffer(pub std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Buffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Buffer {
+    type Writer = Buffer;
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+/// Every test of the file logs at TRACE into one buffer. A process-wide subscriber, not
+/// a per-test `set_default`: with tests on parallel threads, a callsite first hit on a
+/// thread without a subscriber could be cached as disabled.
+pub fn capture_logs() -> Buffer {
+    static LOGS: std::sync::OnceLock<Buffer> = std::sync::OnceLock::new();
+    LOGS.get_or_init(|| {
+        let buffer = Buffer::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_writer(buffer.clone())
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).expect("one global subscriber");
+        buffer
+    })
+    .clone()
+}
