@@ -366,7 +366,8 @@ impl Config {
         source.convert(raw)
     }
 
-    /// One line describing listeners, PBX and phone networks, for `check-config`.
+    /// Two lines for `check-config`: listeners, PBX and phone networks; then the Teams
+    /// side (tenant, web listener, store, PBX → Teams switch, directory size).
     pub fn summary(&self) -> String {
         let listeners: Vec<String> = self
             .listen
@@ -398,7 +399,7 @@ impl Config {
             .iter()
             .map(Cidr::to_string)
             .collect();
-        format!(
+        let proxy = format!(
             "listeners: {}{advertised}; pbx: {pbx}{}; phones: {}",
             listeners.join(", "),
             if self.pbx.path { " with Path" } else { "" },
@@ -407,7 +408,29 @@ impl Config {
             } else {
                 networks.join(", ")
             },
-        )
+        );
+        match &self.graph {
+            None => format!("{proxy}\nteams: off (no [graph] section)"),
+            Some(graph) => format!(
+                "{proxy}\nteams: tenant {} ({}); web: {}; store: {}; pbx -> teams: {}; directory: {} extensions",
+                graph.tenant,
+                if graph.app_only {
+                    "app-only token"
+                } else {
+                    "users pair"
+                },
+                self.web
+                    .as_ref()
+                    .map_or("none".to_owned(), |w| w.listen.to_string()),
+                self.store.path.display(),
+                match self.sync.pbx_to_teams {
+                    Some(true) => "on",
+                    Some(false) => "off",
+                    None => "as stored",
+                },
+                self.directory.len(),
+            ),
+        }
     }
 }
 

@@ -697,6 +697,15 @@ fn check_config_command() {
     assert!(summary.contains("udp 0.0.0.0:5060"), "{summary}");
     assert!(summary.contains("192.0.2.20:5060"), "{summary}");
     assert!(summary.contains("10.0.0.0/8"), "{summary}");
+    let teams = lines.next().unwrap();
+    assert!(
+        teams.starts_with("teams: tenant contoso.example (users pair); web: 127.0.0.1:8080;"),
+        "{teams}"
+    );
+    assert!(
+        teams.ends_with("pbx -> teams: on; directory: 2 extensions"),
+        "{teams}"
+    );
     assert_eq!(lines.next(), None);
     assert_eq!(stderr, "");
 
