@@ -13,12 +13,14 @@
 #   uri/              a URI: every request's Request-URI, plus hand-made ones
 #   observe/          one seed per sip-traces/observe/*.trace: records of
 #                     [control][advance][length u16 LE][message] (see below)
+#   blf_dialog_info/  the body of every sip-traces/blf/*.sip NOTIFY (seed-blf-*) and
+#                     every bare sip-traces/rfc4235/*.xml document (rfc4235-*)
 # proxy_core/ seeds are hand-made and not touched here.
 set -euo pipefail
 export LC_ALL=C  # lengths in bytes
 cd "$(dirname "$0")/.."
 corpus=fuzz/corpus
-targets=(datagram stream edit_round_trip uri observe)
+targets=(datagram stream edit_round_trip uri observe blf_dialog_info)
 for t in "${targets[@]}"; do
     mkdir -p "$corpus/$t"
     rm -f "$corpus/$t"/rfc* "$corpus/$t"/seed-*  # regression-* seeds stay
@@ -179,6 +181,16 @@ for trace in sip-traces/observe/*.trace; do
     done <"$trace" >"$corpus/observe/seed-$(basename "$trace" .trace)"
     flush >>"$corpus/observe/seed-$(basename "$trace" .trace)"
     unset slot
+done
+
+# blf_dialog_info/: NOTIFY bodies (everything after the blank line ending the header),
+# and the bare RFC 4235 documents as they are
+for f in sip-traces/blf/*.sip; do
+    name=$(basename "$f" .sip)
+    sed '1,/^\r$/d' "$f" >"$corpus/blf_dialog_info/seed-blf-${name#notify-}"
+done
+for f in sip-traces/rfc4235/*.xml; do
+    cp "$f" "$corpus/blf_dialog_info/rfc4235-$(basename "$f")"
 done
 
 for d in "$corpus"/*/; do

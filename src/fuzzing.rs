@@ -15,6 +15,7 @@
 //! - [`proxy_core`]: records of source, clock advance, length and message bytes.
 //! - [`observe`]: records of direction and phone, clock advance, length and message
 //!   bytes.
+//! - [`blf_dialog_info`]: the whole input is a NOTIFY body (dialog-info or PIDF).
 
 use std::borrow::Cow;
 
@@ -1420,4 +1421,250 @@ fn check_observer(observer: &mut crate::observe::Observer, seen: &mut SeenEvents
             );
         }
     }
+}
+
+// ---------------------------------------------------------------------------------
+// blf_dialog_info
+
+/// The extension the BLF checks render for.
+const BLF_EXTENSION: crate::blf::WatchedExtension<'static> = crate::blf::WatchedExtension {
+    number: "201",
+    uri: "sip:201@pbx.example.com",
+};
+
+/// Parses `data` as a dialog-info body and as a PIDF body (the whole input is the body).
+///
+/// - Neither parser panics; a dialog-info error's message stays short; the version
+///   `peek_dialog_info_version` reads is the parsed one.
+/// - [`crate::blf::DialogInfoState::apply_body`] accepts exactly what the parser
+///   accepts, applies a first full document as the whole view and a first partial one
+///   as needing full state (each of its dialogs in the view), and calls the same
+///   versioned document again a duplicate.
+/// - Every parsed dialog-info document, composed for every phone profile with and
+///   without Teams-busy and with and without pickup ids, renders to bytes that parse
+///   with no quirk into exactly the composed model (with the rendered version and full
+///   state, strings as XML can carry them); and the composed model keeps each profile's
+///   rules: unique non-empty ids, one dialog at most for single-dialog phones, never an
+///   empty document where idle must be explicit, a local identity everywhere for
+///   Polycom, the `teams-<ext>` dialog exactly when Teams-busy and the PBX shows no call.
+/// - Every parsed PIDF document renders to bytes that parse into the same document.
+#[allow(clippy::panic)] // a broken invariant is the finding
+pub fn blf_dialog_info(data: &[u8]) {
+    use crate::blf::{
+        DialogInfoState, DocumentState, MergeOutcome, PhoneFamily, PhoneProfile, TeamsInjection,
+        compose_for_phone, parse_dialog_info_noting_quirks, parse_pidf, render_dialog_info,
+        render_pidf,
+    };
+
+    if let Ok(doc) = parse_pidf(data) {
+        let rendered = render_pidf(&doc);
+        let back = parse_pidf(&rendered)
+            .unwrap_or_else(|e| panic!("rendered PIDF does not parse: {e}\n{doc:#?}"));
+        assert_eq!(
+            back,
+            pidf_as_rendered(doc),
+            "PIDF render → parse changed the document"
+        );
+    }
+
+    let parsed = parse_dialog_info_noting_quirks(data);
+    let mut state = DialogInfoState::new();
+    let applied = state.apply_body(data);
+    let (doc, _) = match parsed {
+        Err(e) => {
+            assert_eq!(
+                applied,
+                Err(e.clone()),
+                "apply_body and the parser disagree"
+            );
+            // at most two excerpts of 64 bytes, each char at most 10 once Debug-escaped
+            assert!(e.to_string().len() < 1500, "error message too long: {e}");
+            return;
+        }
+        Ok(parsed) => parsed,
+    };
+    assert_eq!(
+        crate::blf::peek_dialog_info_version(data),
+        doc.version,
+        "the peeked version is not the parsed one"
+    );
+    let expected = match doc.state {
+        DocumentState::Full => MergeOutcome::Applied,
+        DocumentState::Partial => MergeOutcome::NeedFullState,
+    };
+    assert_eq!(applied, Ok(expected), "first document: {doc:#?}");
+    let view = state
+        .view()
+        .unwrap_or_else(|| panic!("no view after a document"));
+    assert_eq!(view.state, DocumentState::Full);
+    if doc.state == DocumentState::Full {
+        assert_eq!(
+            view.dialogs, doc.dialogs,
+            "a first full document is the whole view"
+        );
+    } else {
+        // a partial document may update its own earlier rows (one dialog listed twice)
+        assert!(view.dialogs.len() <= doc.dialogs.len(), "rows made up");
+        assert!(
+            doc.dialogs
+                .iter()
+                .all(|d| view.dialogs.iter().any(|v| v.id == d.id)),
+            "a dialog of the first document is missing from the view"
+        );
+    }
+    if doc.version.is_some() {
+        assert_eq!(
+            state.apply(doc.clone()),
+            MergeOutcome::Duplicate,
+            "the same version twice"
+        );
+    }
+
+    for family in PhoneFamily::ALL {
+        let profile = PhoneProfile::for_family(family);
+        for teams_busy in [false, true] {
+            for with_dialog_ids in [false, true] {
+                let injection = TeamsInjection { with_dialog_ids };
+                let composed =
+                    compose_for_phone(Some(&doc), teams_busy, &BLF_EXTENSION, &profile, &injection);
+                check_composed(&doc, &composed, teams_busy, &profile);
+                let rendered = render_dialog_info(&composed, 7);
+                let (back, quirks) = parse_dialog_info_noting_quirks(&rendered)
+                    .unwrap_or_else(|e| panic!("rendered dialog-info does not parse: {e}"));
+                assert!(
+                    quirks.is_empty(),
+                    "rendered output needed quirks {:?}",
+                    quirks.iter().collect::<Vec<_>>()
+                );
+                assert_eq!(
+                    back,
+                    dialog_info_as_rendered(composed, 7),
+                    "render → parse changed the document ({family})"
+                );
+            }
+        }
+    }
+}
+
+/// The profile rules a composed document must keep (see [`blf_dialog_info`]).
+fn check_composed(
+    pbx: &crate::blf::DialogInfo,
+    composed: &crate::blf::DialogInfo,
+    teams_busy: bool,
+    profile: &crate::blf::PhoneProfile,
+) {
+    use crate::blf::{DialogState, DocumentState, teams_dialog_id};
+
+    assert_eq!(composed.state, DocumentState::Full);
+    assert!(composed.entity.is_some(), "no entity");
+    let ids: Vec<&str> = composed.dialogs.iter().map(|d| d.id.as_str()).collect();
+    for (i, id) in ids.iter().enumerate() {
+        assert!(!id.is_empty(), "an empty dialog id");
+        assert!(!ids[..i].contains(id), "dialog id {id:?} repeated");
+    }
+    if profile.single_dialog {
+        assert!(
+            composed.dialogs.len() <= 1,
+            "several dialogs for a single-dialog phone"
+        );
+    }
+    if profile.idle_as_terminated_dialog {
+        assert!(
+            !composed.dialogs.is_empty(),
+            "an empty document for an explicit-idle phone"
+        );
+    }
+    if profile.always_local_identity {
+        assert!(
+            composed
+                .dialogs
+                .iter()
+                .all(|d| d.local.as_ref().is_some_and(|l| !l.identities.is_empty())),
+            "a dialog without local identity for Polycom"
+        );
+    }
+    let teams_id = teams_dialog_id(BLF_EXTENSION.number);
+    let injected = composed
+        .dialogs
+        .iter()
+        .find(|d| d.id == teams_id && d.state == DialogState::Confirmed);
+    let pbx_has_teams_id = pbx.dialogs.iter().any(|d| d.id == teams_id);
+    if teams_busy && !pbx.shows_call() {
+        assert!(
+            injected.is_some(),
+            "Teams-busy and idle, but no teams dialog"
+        );
+    } else if !pbx_has_teams_id {
+        assert!(
+            injected.is_none(),
+            "a teams dialog without Teams-busy and idle"
+        );
+    }
+    assert_eq!(
+        composed.shows_call(),
+        pbx.shows_call() || teams_busy,
+        "the composed document does not show what the PBX and Teams say"
+    );
+}
+
+/// `doc` as the dialog-info writer renders it with `version` and a parser reads it back:
+/// full state, the version, every string as XML 1.0 can carry it, identities trimmed.
+fn dialog_info_as_rendered(
+    mut doc: crate::blf::DialogInfo,
+    version: u32,
+) -> crate::blf::DialogInfo {
+    use crate::blf::DocumentState;
+    let safe = |s: &mut String| *s = crate::blf::xml::xml_safe(s).into_owned();
+    let safe_opt = |s: &mut Option<String>| {
+        if let Some(s) = s {
+            *s = crate::blf::xml::xml_safe(s).into_owned();
+        }
+    };
+    doc.version = Some(version);
+    doc.state = DocumentState::Full;
+    safe_opt(&mut doc.entity);
+    for dialog in &mut doc.dialogs {
+        safe(&mut dialog.id);
+        safe_opt(&mut dialog.call_id);
+        safe_opt(&mut dialog.local_tag);
+        safe_opt(&mut dialog.remote_tag);
+        safe_opt(&mut dialog.state_event);
+        for participant in [&mut dialog.local, &mut dialog.remote]
+            .into_iter()
+            .flatten()
+        {
+            for identity in &mut participant.identities {
+                identity.uri = crate::blf::xml::xml_safe(&identity.uri).trim().to_owned();
+                safe_opt(&mut identity.display);
+            }
+            if let Some(target) = &mut participant.target {
+                safe(&mut target.uri);
+                for param in &mut target.params {
+                    safe(&mut param.name);
+                    safe(&mut param.value);
+                }
+            }
+        }
+    }
+    doc
+}
+
+/// `doc` as the PIDF writer renders it and a parser reads it back: strings as XML 1.0
+/// can carry them, notes and `<other>` texts trimmed.
+fn pidf_as_rendered(mut doc: crate::blf::PresenceDocument) -> crate::blf::PresenceDocument {
+    use crate::blf::pidf::Activity;
+    let safe = |s: &str| crate::blf::xml::xml_safe(s).into_owned();
+    doc.entity = doc.entity.as_deref().map(safe);
+    for tuple in &mut doc.tuples {
+        tuple.id = safe(&tuple.id);
+    }
+    for note in &mut doc.notes {
+        *note = safe(note).trim().to_owned();
+    }
+    for activity in &mut doc.activities {
+        if let Activity::Other(text) = activity {
+            *text = safe(text).trim().to_owned();
+        }
+    }
+    doc
 }

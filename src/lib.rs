@@ -25,6 +25,7 @@
 #![forbid(unsafe_code)]
 
 pub mod app;
+pub mod blf;
 pub mod config;
 pub mod demo;
 pub mod dns;

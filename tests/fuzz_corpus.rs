@@ -118,3 +118,8 @@ fn proxy_core_corpus() {
 fn observe_corpus() {
     replay("observe", fuzzing::observe);
 }
+
+#[test]
+fn blf_dialog_info_corpus() {
+    replay("blf_dialog_info", fuzzing::blf_dialog_info);
+}

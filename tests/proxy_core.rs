@@ -1456,3 +1456,138 @@ fn a_response_quoting_our_branch_from_another_host_is_dropped() {
     );
     assert_eq!(status(&ok), 180);
 }
+
+// ---------------------------------------------------------------------------------
+// BLF (issue 7): Teams-busy shown inside the phone's own dialog subscription
+
+fn dialog_notify(cseq: u32, version: u32, branch: &str, record_route: &str) -> String {
+    let body = format!(
+        "<?xml version=\"1.0\"?>\n<dialog-info xmlns=\"urn:ietf:params:xml:ns:dialog-info\" version=\"{version}\" state=\"full\" entity=\"sip:201@pbx.example.com\"><dialog id=\"201\"><state>terminated</state></dialog></dialog-info>\n"
+    );
+    format!(
+        "NOTIFY sip:200@10.1.0.5:5062 SIP/2.0
+Via: SIP/2.0/UDP 10.0.0.100:5070;branch=z9hG4bKn{branch}
+Route: {record_route}
+From: <sip:201@pbx.example.com>;tag=pbx1
+To: <sip:200@pbx.example.com>;tag=ph1
+Call-ID: blf-1
+CSeq: {cseq} NOTIFY
+Event: dialog
+Subscription-State: active;expires=600
+Contact: <sip:pbx@10.0.0.100:5070>
+Max-Forwards: 70
+Content-Type: application/dialog-info+xml
+Content-Length: {}
+
+{body}",
+        body.len() + body.matches('\n').count()
+    )
+}
+
+fn cseq_number(msg: &Message) -> u32 {
+    msg.cseq().unwrap().unwrap().seq()
+}
+
+fn body_text(msg: &Message) -> String {
+    String::from_utf8_lossy(msg.body()).into_owned()
+}
+
+#[test]
+fn blf_teams_busy_is_injected_into_the_phones_dialog_subscription() {
+    let mut net = Net::new();
+    let subscribe = "SUBSCRIBE sip:201@pbx.example.com SIP/2.0
+Via: SIP/2.0/UDP 10.1.0.5:5062;branch=z9hG4bKs1
+From: <sip:200@pbx.example.com>;tag=ph1
+To: <sip:201@pbx.example.com>
+Call-ID: blf-1
+CSeq: 1 SUBSCRIBE
+Contact: <sip:200@10.1.0.5:5062>
+Event: dialog
+Accept: application/dialog-info+xml
+Expires: 600
+User-Agent: Yealink SIP-T54W 96.86.0.100
+Max-Forwards: 70
+Content-Length: 0
+
+";
+    let out = net.receive(PHONE, subscribe);
+    let forwarded = only_to(&out, PBX);
+    let record_route = values(&forwarded, HeaderName::RecordRoute).join(", ");
+    let ok = answer(
+        &forwarded,
+        202,
+        "Accepted",
+        Some("pbx1"),
+        "Contact: <sip:pbx@10.0.0.100:5070>\nExpires: 600\n",
+    );
+    let out = net.receive(PBX, &ok);
+    assert_eq!(status(&only_to(&out, PHONE)), 202);
+
+    // the PBX's first NOTIFY passes as it is
+    let out = net.receive(PBX, &dialog_notify(1, 0, "a", &record_route));
+    let notify = only_to(&out, PHONE);
+    assert_eq!(cseq_number(&notify), 1);
+    assert!(!body_text(&notify).contains("teams-201"));
+    let out = net.receive(PHONE, &answer(&notify, 200, "OK", None, ""));
+    assert_eq!(cseq_number(&only_to(&out, PBX)), 1);
+    assert_eq!(net.proxy.blf().watchers("201"), 1);
+
+    // Teams busy: the proxy notifies the phone itself, inside the same dialog
+    let now = net.now;
+    net.proxy.set_teams_busy(now, "201", true);
+    let out = net.drain();
+    assert!(
+        to(&out, PBX).is_empty(),
+        "the PBX never sees the proxy's NOTIFY"
+    );
+    let own = only_to(&out, PHONE);
+    assert_eq!(own.method(), Some(Method::Notify));
+    assert_eq!(cseq_number(&own), 2, "the next CSeq in the phone's view");
+    let text = body_text(&own);
+    assert!(text.contains(r#"<dialog id="teams-201""#), "{text}");
+    assert!(text.contains("<state>confirmed</state>"), "{text}");
+    assert!(text.contains(r#"version="1""#), "{text}");
+    assert_eq!(
+        values(&own, HeaderName::CallId),
+        ["blf-1"],
+        "inside the phone's subscription dialog"
+    );
+    // the phone's 200 to it is absorbed
+    let out = net.receive(PHONE, &answer(&own, 200, "OK", None, ""));
+    assert!(out.is_empty(), "{out:#?}");
+    // a new PBX call to 201 is refused too: the same verdict
+    let out = net.receive(
+        PBX,
+        &invite("blf-call", "c1")
+            .replace("sip:+4930123456@pbx.example.com", "sip:201@10.1.0.5:5062"),
+    );
+    assert!(to(&out, PHONE).is_empty(), "{out:#?}");
+    assert_eq!(status(&only_to(&out, PBX)), 486);
+
+    // the PBX's next NOTIFY: CSeq shifted past the proxy's, body injected, version up
+    let out = net.receive(PBX, &dialog_notify(2, 1, "b", &record_route));
+    let notify = only_to(&out, PHONE);
+    assert_eq!(cseq_number(&notify), 3);
+    let text = body_text(&notify);
+    assert!(text.contains("teams-201"), "{text}");
+    assert!(text.contains(r#"version="2""#), "{text}");
+    assert_eq!(
+        values(&notify, HeaderName::ContentLength),
+        [notify.body().len().to_string()]
+    );
+    // the phone's answer goes back to the PBX with the PBX's own CSeq
+    let out = net.receive(PHONE, &answer(&notify, 200, "OK", None, ""));
+    assert_eq!(cseq_number(&only_to(&out, PBX)), 2);
+
+    // Teams idle again: the PBX's document is sent again without the Teams dialog,
+    // once the one-second rate allows
+    let now = net.now;
+    net.proxy.set_teams_busy(now, "201", false);
+    let mut out = net.drain();
+    out.extend(net.advance(Duration::from_millis(1100)));
+    let back = only_to(&out, PHONE);
+    assert_eq!(cseq_number(&back), 4);
+    let text = body_text(&back);
+    assert!(!text.contains("teams-201"), "{text}");
+    assert!(text.contains(r#"version="3""#), "{text}");
+}

@@ -15,6 +15,8 @@ use super::flow::{ALIAS_PARAM, AliasTable, ConnId, Flow, parse_token, push_hex, 
 use super::limits::RateLimiter;
 use super::timers::{Deadline, T1, T2, TIMEOUT, TIMER_C, TimerKind, TimerQueue};
 use super::transaction::{ClientState, KeyMethod, ServerKey, ServerState, Txn};
+use crate::blf::DocumentRenderer;
+use crate::blf::subscription::{Forward, Rewrite, SubscriptionConfig, SubscriptionTracker};
 use crate::config::Cidr;
 use crate::observe::{Direction, ObserveConfig, ObserveEvent, Observer, PhoneAddr};
 use crate::sip::build::{ResponseBuilder, ack_for, cancel_for};
@@ -25,6 +27,10 @@ use crate::transport::Transport;
 
 /// Prefix of every branch this proxy writes: responses carrying it are ours.
 const BRANCH_PREFIX: &str = "z9hG4bKpp";
+
+/// Branches of the NOTIFYs the proxy originates in BLF subscriptions (issue 7): their
+/// answers go to the subscription tracker, never to a transaction or the PBX.
+const OWN_NOTIFY_BRANCH_PREFIX: &str = "z9hG4bKppn";
 
 /// Default Max-Forwards when a request carries none (RFC 3261 §16.6 step 3).
 const DEFAULT_MAX_FORWARDS: u8 = 70;
@@ -134,6 +140,10 @@ pub struct Proxy {
     draining: bool,
     /// `host:port` of each listener's advertised address, written once.
     listener_texts: Vec<(SocketAddr, String)>,
+    /// Every BLF subscription through the proxy, and what it injects into them.
+    blf: SubscriptionTracker<DocumentRenderer>,
+    /// Numbers the branches of the proxy's own NOTIFYs.
+    own_notifies: u64,
     /// Phone-side state per extension, fed with every message forwarded or answered.
     observer: Observer,
 }
@@ -187,6 +197,44 @@ fn host_ip(host: &[u8]) -> Option<IpAddr> {
     text.parse().ok()
 }
 
+/// The Via of a NOTIFY the proxy originates on `flow` (number `seq`): the listener the
+/// flow belongs to, a branch the proxy recognises as its own NOTIFY's.
+fn own_notify_via(
+    config: &ProxyConfig,
+    listener_texts: &[(SocketAddr, String)],
+    flow: &Flow,
+    seq: u64,
+) -> String {
+    let listener = config
+        .listeners
+        .iter()
+        .find(|l| l.transport == flow.transport && l.local == flow.local)
+        .or_else(|| {
+            config
+                .listeners
+                .iter()
+                .find(|l| l.transport == flow.transport)
+        })
+        .or_else(|| config.listeners.first());
+    let host = match listener {
+        Some(l) => listener_texts
+            .iter()
+            .find(|(a, _)| *a == l.advertised)
+            .map_or_else(|| host_port(l.advertised), |(_, t)| t.clone()),
+        None => host_port(flow.local),
+    };
+    let mut via = String::with_capacity(80);
+    via.push_str("SIP/2.0/");
+    via.push_str(flow.transport.via_token());
+    via.push(' ');
+    via.push_str(&host);
+    via.push_str(";branch=");
+    via.push_str(OWN_NOTIFY_BRANCH_PREFIX);
+    push_hex(&mut via, scramble(seq, config.seed));
+    via.push_str(";rport");
+    via
+}
+
 fn lossy(b: &[u8]) -> std::borrow::Cow<'_, str> {
     String::from_utf8_lossy(b)
 }
@@ -202,6 +250,7 @@ impl Proxy {
             .collect();
         let limiter = RateLimiter::new(config.max_requests_per_second_per_source);
         let observer = Observer::new(config.observe.clone());
+        let max_subscriptions = config.max_bindings;
         Self {
             config,
             txns: HashMap::default(),
@@ -217,6 +266,14 @@ impl Proxy {
             draining: false,
             listener_texts,
             observer,
+            blf: SubscriptionTracker::new(
+                SubscriptionConfig {
+                    max_subscriptions,
+                    ..SubscriptionConfig::default()
+                },
+                DocumentRenderer::default(),
+            ),
+            own_notifies: 0,
         }
     }
 
@@ -231,6 +288,7 @@ impl Proxy {
             self.timers.next_at(),
             self.next_sweep,
             self.observer.poll_timeout(),
+            self.blf.poll_timeout(),
         ]
         .into_iter()
         .flatten()
@@ -312,6 +370,38 @@ impl Proxy {
         }
     }
 
+    /// The sync engine's verdict on an extension's Teams user: new calls to it are
+    /// refused while busy, and the BLF lamps of every phone watching it follow.
+    pub fn set_teams_busy(&mut self, now: Instant, ext: &str, busy: bool) {
+        self.observer.set_teams_busy(ext, busy);
+        self.blf.set_teams_busy(ext, busy, now);
+        self.drain_blf(now);
+    }
+
+    /// The BLF subscriptions the proxy tracks.
+    pub fn blf(&self) -> &SubscriptionTracker<DocumentRenderer> {
+        &self.blf
+    }
+
+    /// Queues the NOTIFYs the BLF tracker wants sent (its own, and their UDP
+    /// retransmissions).
+    fn drain_blf(&mut self, now: Instant) {
+        let Self {
+            blf,
+            config,
+            listener_texts,
+            own_notifies,
+            out,
+            ..
+        } = self;
+        while let Some(transmit) = blf.poll_transmit(now, |flow| {
+            *own_notifies += 1;
+            own_notify_via(config, listener_texts, flow, *own_notifies)
+        }) {
+            out.push_back(transmit);
+        }
+    }
+
     /// A UDP datagram arrived.
     pub fn handle_datagram(&mut self, now: Instant, flow: Flow, bytes: Bytes) {
         if bytes.iter().all(|&c| c == b'\r' || c == b'\n' || c == 0) {
@@ -344,6 +434,7 @@ impl Proxy {
         } else {
             self.handle_response(now, flow, msg);
         }
+        self.drain_blf(now);
     }
 
     fn arm_sweep(&mut self, now: Instant) {
@@ -637,6 +728,21 @@ impl Proxy {
         {
             return;
         }
+        // BLF: the tracker follows subscriptions; a PBX NOTIFY may get its CSeq and body
+        // rewritten for the phone
+        let rewrite = match side {
+            Side::Phone => {
+                let _ = self.blf.on_message(now, Direction::FromPhone, &flow, &msg);
+                None
+            }
+            Side::Pbx => match self
+                .blf
+                .on_message(now, Direction::ToPhone, &target.flow, &msg)
+            {
+                Forward::Rewrite(rewrite) => Some(rewrite),
+                Forward::Pass | Forward::Absorb => None,
+            },
+        };
         let id = self.next_id;
         self.next_id += 1;
         let branch = self.new_branch(id);
@@ -650,6 +756,7 @@ impl Proxy {
             &branch,
             max_forwards,
             true,
+            rewrite.as_ref(),
         ) {
             Ok(bytes) => bytes,
             Err((code, reason)) => {
@@ -859,6 +966,7 @@ impl Proxy {
         branch: &str,
         max_forwards: u8,
         record_route: bool,
+        rewrite: Option<&Rewrite>,
     ) -> Result<Bytes, (u16, &'static str)> {
         let out_listener = self.listener_of(&target.flow);
         let in_listener = self.listener_of(&flow);
@@ -897,6 +1005,9 @@ impl Proxy {
             } else {
                 self.alias_register_contacts(now, flow, msg, &mut edit, out_listener)?;
             }
+        }
+        if let Some(rewrite) = rewrite {
+            rewrite.apply(&mut edit).map_err(edit_failed)?;
         }
         let via = self.via_value(target.flow.transport, out_listener, branch);
         edit.push_via(via.as_bytes());
@@ -1037,6 +1148,7 @@ impl Proxy {
             &branch,
             max_forwards,
             false,
+            None,
         ) {
             Ok(bytes) => {
                 self.stats.requests_forwarded += 1;
@@ -1099,6 +1211,11 @@ impl Proxy {
             debug!(source = %flow.remote, "response not for us dropped");
             return;
         };
+        if branch.starts_with(OWN_NOTIFY_BRANCH_PREFIX.as_bytes()) {
+            // the phone's answer to a NOTIFY the proxy originated: the tracker's alone
+            let _ = self.blf.on_message(now, Direction::FromPhone, &flow, &msg);
+            return;
+        }
         let status = msg.status().unwrap_or(0);
         let cseq_method = msg.cseq().and_then(Result::ok).map(|c| c.method());
         debug!(
@@ -1232,10 +1349,33 @@ impl Proxy {
             return;
         };
         let upstream = txn.upstream;
-        let is_register = txn.method == Method::Register;
+        let downstream = txn.downstream;
+        let method = txn.method;
+        let is_register = method == Method::Register;
         let mut edit = Editor::new(msg);
         if edit.pop_via().is_err() {
             return;
+        }
+        // BLF: the PBX's answer to a phone's SUBSCRIBE, the phone's answer to a PBX NOTIFY
+        // (its CSeq mapped back to the PBX's)
+        let blf = match method {
+            Method::Subscribe if self.is_pbx(&downstream) => {
+                self.blf.on_message(now, Direction::ToPhone, &upstream, msg)
+            }
+            Method::Notify if self.is_pbx(&upstream) => {
+                self.blf
+                    .on_message(now, Direction::FromPhone, &downstream, msg)
+            }
+            _ => Forward::Pass,
+        };
+        match blf {
+            Forward::Pass => {}
+            Forward::Rewrite(rewrite) => {
+                if rewrite.apply(&mut edit).is_err() {
+                    return;
+                }
+            }
+            Forward::Absorb => return,
         }
         if is_register && (200..300).contains(&msg.status().unwrap_or(0)) && !self.config.pbx_path {
             self.dealias_register_contacts(now, msg, &mut edit);
@@ -1366,6 +1506,8 @@ impl Proxy {
             self.fire(now, deadline.txn, deadline.kind);
         }
         self.observer.handle_timeout(now);
+        self.blf.handle_timeout(now);
+        self.drain_blf(now);
         if self.next_sweep.is_some_and(|at| at <= now) {
             self.aliases.expire(now);
             self.limiter.forget_idle(now);

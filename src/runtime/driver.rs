@@ -163,7 +163,7 @@ impl Driver {
     fn control(&mut self, command: Control) {
         match command {
             Control::TeamsBusy { ext, busy } => {
-                self.proxy.observer_mut().set_teams_busy(&ext, busy);
+                self.proxy.set_teams_busy(Instant::now(), &ext, busy);
             }
             Control::Extensions(reply) => {
                 let _ = reply.send(self.proxy.observer().extensions());

@@ -1,0 +1,138 @@
+//! [`DocumentRenderer`]: the [`BlfRenderer`] the proxy core runs its subscription
+//! tracker with, on top of the document layer: dialog-info (parsed leniently, the Teams
+//! dialog injected, written strictly for the phone's profile) and PIDF.
+//!
+//! It is stateless: each call reads the PBX's last document again. A PBX that sends
+//! partial state (RFC 4235 §4.3) is rendered from its last partial document alone;
+//! merging every passing document per subscription ([`super::DialogInfoState`]) would
+//! need the tracker to hand each one over, which it does not yet.
+
+use bytes::Bytes;
+
+use super::dialog_info::{DIALOG_INFO_CONTENT_TYPE, parse_dialog_info};
+use super::pidf::{PIDF_CONTENT_TYPE, render_presence_for_phone};
+use super::profile::PhoneProfile;
+use super::render::{TeamsInjection, WatchedExtension, render_for_phone};
+use super::subscription::{BlfRenderer, EventPackage, PbxDocument, Rendered, SubscriptionView};
+
+/// Renders phone-facing BLF documents. See the module docs.
+#[derive(Debug, Clone, Default)]
+pub struct DocumentRenderer {
+    /// How the injected Teams dialog looks.
+    pub injection: TeamsInjection,
+    /// One profile for every phone instead of the one chosen by User-Agent.
+    pub profile_override: Option<PhoneProfile>,
+}
+
+/// `sip:EXT@HOST` from the notifier's address as the phone sees it (`<sip:201@pbx>;tag=`),
+/// or `sip:EXT` when it names no host.
+fn extension_uri(extension: &str, notifier: &[u8]) -> String {
+    let text = String::from_utf8_lossy(notifier);
+    let host = text
+        .split_once('@')
+        .map(|(_, rest)| rest.split(['>', ';', ':']).next().unwrap_or_default())
+        .filter(|h| !h.is_empty());
+    match host {
+        Some(host) => format!("sip:{extension}@{host}"),
+        None => format!("sip:{extension}"),
+    }
+}
+
+fn is_type(content_type: &[u8], wanted: &str) -> bool {
+    let essence = content_type
+        .split(|b| *b == b';')
+        .next()
+        .unwrap_or_default();
+    essence.trim_ascii().eq_ignore_ascii_case(wanted.as_bytes())
+}
+
+impl BlfRenderer for DocumentRenderer {
+    fn document_version(&self, content_type: &[u8], body: &[u8]) -> Option<u64> {
+        if !is_type(content_type, DIALOG_INFO_CONTENT_TYPE) {
+            return None;
+        }
+        parse_dialog_info(body)
+            .ok()
+            .and_then(|doc| doc.version)
+            .map(u64::from)
+    }
+
+    fn render(
+        &self,
+        sub: &SubscriptionView<'_>,
+        pbx: Option<PbxDocument<'_>>,
+        version: u64,
+        teams_busy: bool,
+    ) -> Option<Rendered> {
+        let uri = extension_uri(sub.extension, sub.notifier);
+        let extension = WatchedExtension {
+            number: sub.extension,
+            uri: &uri,
+        };
+        match sub.package {
+            EventPackage::Dialog => {
+                let parsed = pbx
+                    .filter(|doc| is_type(doc.content_type, DIALOG_INFO_CONTENT_TYPE))
+                    .and_then(|doc| parse_dialog_info(doc.body).ok());
+                let profile = match &self.profile_override {
+                    Some(profile) => *profile,
+                    None => PhoneProfile::from_user_agent(sub.user_agent.unwrap_or_default()),
+                };
+                // versions beyond u32 cannot be written; the tracker never gets there
+                let version = u32::try_from(version).ok()?;
+                let body = render_for_phone(
+                    parsed.as_ref(),
+                    version,
+                    teams_busy,
+                    &extension,
+                    &profile,
+                    &self.injection,
+                );
+                Some(Rendered {
+                    body: Bytes::from(body),
+                    content_type: DIALOG_INFO_CONTENT_TYPE,
+                })
+            }
+            EventPackage::Presence => {
+                let body = pbx
+                    .filter(|doc| is_type(doc.content_type, PIDF_CONTENT_TYPE))
+                    .map(|doc| doc.body);
+                let out = render_presence_for_phone(body, teams_busy, &extension);
+                Some(Rendered {
+                    body: Bytes::copy_from_slice(&out),
+                    content_type: PIDF_CONTENT_TYPE,
+                })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_extension_uri_takes_the_notifiers_host() {
+        assert_eq!(
+            extension_uri("201", b"<sip:201@pbx.example.com>;tag=abc"),
+            "sip:201@pbx.example.com"
+        );
+        assert_eq!(
+            extension_uri("201", b"<sip:201@10.0.0.1:5070>;tag=x"),
+            "sip:201@10.0.0.1"
+        );
+        assert_eq!(extension_uri("201", b"garbage"), "sip:201");
+    }
+
+    #[test]
+    fn content_types_compare_by_essence() {
+        assert!(is_type(
+            b"Application/Dialog-Info+XML; charset=utf-8",
+            "application/dialog-info+xml"
+        ));
+        assert!(!is_type(
+            b"application/pidf+xml",
+            "application/dialog-info+xml"
+        ));
+    }
+}
