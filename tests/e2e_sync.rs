@@ -731,3 +731,88 @@ async fn an_email_with_no_teams_user_is_reported_not_retried() {
     assert_eq!(lookups().await, first, "looked up again");
     world.stop().await;
 }
+
+/// Waits until `path` exists; returns when it appeared, relative to `since`. On a
+/// timeout the SIPp logs are printed and kept.
+async fn wait_for_file(
+    peers: &mut Peers,
+    path: &std::path::Path,
+    since: Instant,
+    what: &str,
+) -> Duration {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !path.exists() {
+        if Instant::now() >= deadline {
+            peers.phone.stop();
+            peers.pbx.stop();
+            fail(&mut peers.dir, &format!("timed out waiting for {what}"));
+        }
+        tokio::time::sleep(LOOK).await;
+    }
+    since.elapsed()
+}
+
+/// Issue 7 end to end: a SIPp phone watches 201 through the proxy; 201's user goes
+/// busy in Teams (the emulator), and the phone's lamp follows inside its own
+/// subscription, while the PBX's NOTIFYs keep flowing and are answered throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blf_lamp_shows_a_teams_call_within_a_second_and_clears() {
+    let world = world().await;
+    let flags = tempfile::tempdir().unwrap();
+    let ready = flags.path().join("ready");
+    let busy = flags.path().join("busy");
+    let idle = flags.path().join("idle");
+    let (ready_s, busy_s, idle_s) = (
+        ready.display().to_string(),
+        busy.display().to_string(),
+        idle.display().to_string(),
+    );
+    let mut peers = start_peers(
+        &world,
+        "pbx_subscribe_notify_teams.xml",
+        "phone_subscribe_teams.xml",
+        &[
+            "-s",
+            EXT,
+            "-key",
+            "ready_flag",
+            &ready_s,
+            "-key",
+            "busy_flag",
+            &busy_s,
+            "-key",
+            "idle_flag",
+            &idle_s,
+        ],
+    )
+    .await;
+    wait_for_file(
+        &mut peers,
+        &ready,
+        Instant::now(),
+        "the PBX's first NOTIFY at the phone",
+    )
+    .await;
+    let flipped = Instant::now();
+    world.env.teams_client(BOB, "in_call").await;
+    let to_lamp = wait_for_file(
+        &mut peers,
+        &busy,
+        flipped,
+        "the Teams-busy NOTIFY at the phone",
+    )
+    .await;
+    let flipped_back = Instant::now();
+    world.env.teams_client(BOB, "available").await;
+    let to_idle = wait_for_file(
+        &mut peers,
+        &idle,
+        flipped_back,
+        "the idle NOTIFY at the phone",
+    )
+    .await;
+    peers.finish().await;
+    println!("Teams busy → lamp: {to_lamp:?}; Teams available → lamp off: {to_idle:?}");
+    assert!(to_lamp < Duration::from_secs(1), "{to_lamp:?}");
+    world.stop().await;
+}
