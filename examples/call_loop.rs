@@ -56,6 +56,7 @@ fn main() {
         seed: 3,
         observe,
         teams_busy_response: Some((486, "Busy Here")),
+        blf: presence_proxy::blf::DocumentRenderer::default(),
     });
     let flow = |remote| Flow {
         transport: Transport::Udp,

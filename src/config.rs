@@ -30,7 +30,9 @@ use toml::de::{DeTable, DeValue};
 
 mod teams;
 
-pub use teams::{ClientSecret, GraphSettings, StoreSettings, SyncSettings, WebSettings};
+pub use teams::{
+    BlfSettings, ClientSecret, GraphSettings, StoreSettings, SyncSettings, WebSettings,
+};
 
 use crate::observe::classify::{DEFAULT_INTERNAL_PATTERN, normalize_number};
 use crate::observe::{ClassifyRules, IdentitySource, ObserveConfig};
@@ -67,6 +69,8 @@ pub struct Config {
     /// `[directory]`: extension ↔ email, in extension order; merged into the store's
     /// directory at start-up.
     pub directory: Vec<(String, String)>,
+    /// `[blf]`: how Teams-busy looks on the phones' BLF lamps.
+    pub blf: BlfSettings,
 }
 
 /// `[calls]`.
@@ -705,6 +709,7 @@ struct RawConfig {
     store: Option<teams::RawStore>,
     sync: Option<teams::RawSync>,
     directory: Option<teams::RawDirectory>,
+    blf: Option<teams::RawBlf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -909,6 +914,7 @@ impl Source<'_> {
         let store = self.store(raw.store)?;
         let sync = self.sync(raw.sync)?;
         let directory = self.directory(raw.directory)?;
+        let blf = self.blf(raw.blf)?;
         Ok(Config {
             log,
             listen,
@@ -923,6 +929,7 @@ impl Source<'_> {
             store,
             sync,
             directory,
+            blf,
         })
     }
 

@@ -1021,6 +1021,7 @@ pub fn proxy_core(data: &[u8]) {
         seed: 1,
         observe: crate::observe::ObserveConfig::default(),
         teams_busy_response: Some((486, "Busy Here")),
+        blf: crate::blf::DocumentRenderer::default(),
     });
     let start = Instant::now();
     let mut now = start;

@@ -1014,3 +1014,37 @@ fn sync_values_parse() {
             .is_busy(&Availability::Busy, &Activity::InAMeeting)
     );
 }
+
+#[test]
+fn blf_settings_parse_and_name_their_key() {
+    use presence_proxy::blf::PhoneFamily;
+    let config = Config::load(&repo_file("config/example.toml")).unwrap();
+    assert!(!config.blf.teams_dialog_ids);
+    assert_eq!(config.blf.profile, None);
+    let renderer = config.blf.renderer();
+    assert_eq!(
+        renderer.profile_for(Some(b"ACME DESK 9")).family,
+        PhoneFamily::CiscoSpa
+    );
+    assert_eq!(
+        renderer.profile_for(Some(b"Grandstream GXP2170")).family,
+        PhoneFamily::Grandstream
+    );
+
+    let err = load_err(&format!("{MINIMAL}[blf]\nprofile = \"nokia\"\n"));
+    assert_at(&err, 7, 11, "blf.profile", ConfigErrorKind::Invalid);
+    let err = load_err(&format!(
+        "{MINIMAL}[blf]\nprofiles = [{{ user_agent = \"X\", profile = \"yealink\" }}, {{ user_agent = \"\", profile = \"snom\" }}]\n"
+    ));
+    assert_eq!(err.key(), "blf.profiles[1].user_agent", "{err}");
+    let forced = Config::from_toml(
+        &format!("{MINIMAL}[blf]\nprofile = \"polycom\"\nteams_dialog_ids = true\n"),
+        Path::new(FILE),
+    )
+    .unwrap();
+    assert!(forced.blf.renderer().injection.with_dialog_ids);
+    assert_eq!(
+        forced.blf.renderer().profile_for(Some(b"Yealink")).family,
+        PhoneFamily::Polycom
+    );
+}

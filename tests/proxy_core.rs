@@ -45,6 +45,7 @@ fn config() -> ProxyConfig {
         seed: 7,
         observe: presence_proxy::observe::ObserveConfig::default(),
         teams_busy_response: Some((486, "Busy Here")),
+        blf: presence_proxy::blf::DocumentRenderer::default(),
     }
 }
 

@@ -22,6 +22,27 @@ pub struct DocumentRenderer {
     pub injection: TeamsInjection,
     /// One profile for every phone instead of the one chosen by User-Agent.
     pub profile_override: Option<PhoneProfile>,
+    /// Profiles by User-Agent substring (lowercase), checked in order before the
+    /// built-in detection.
+    pub profiles_by_user_agent: Vec<(String, PhoneProfile)>,
+}
+
+impl DocumentRenderer {
+    /// The profile for a watcher's User-Agent: the override, else the first configured
+    /// substring it contains (ASCII case-insensitive), else the built-in detection.
+    pub fn profile_for(&self, user_agent: Option<&[u8]>) -> PhoneProfile {
+        if let Some(profile) = self.profile_override {
+            return profile;
+        }
+        let user_agent = user_agent.unwrap_or_default();
+        let lower = user_agent.to_ascii_lowercase();
+        self.profiles_by_user_agent
+            .iter()
+            .find(|(needle, _)| {
+                !needle.is_empty() && lower.windows(needle.len()).any(|w| w == needle.as_bytes())
+            })
+            .map_or_else(|| PhoneProfile::from_user_agent(user_agent), |(_, p)| *p)
+    }
 }
 
 /// `sip:EXT@HOST` from the notifier's address as the phone sees it (`<sip:201@pbx>;tag=`),
@@ -74,10 +95,7 @@ impl BlfRenderer for DocumentRenderer {
                 let parsed = pbx
                     .filter(|doc| is_type(doc.content_type, DIALOG_INFO_CONTENT_TYPE))
                     .and_then(|doc| parse_dialog_info(doc.body).ok());
-                let profile = match &self.profile_override {
-                    Some(profile) => *profile,
-                    None => PhoneProfile::from_user_agent(sub.user_agent.unwrap_or_default()),
-                };
+                let profile = self.profile_for(sub.user_agent);
                 // versions beyond u32 cannot be written; the tracker never gets there
                 let version = u32::try_from(version).ok()?;
                 let body = render_for_phone(
@@ -122,6 +140,35 @@ mod tests {
             "sip:201@10.0.0.1"
         );
         assert_eq!(extension_uri("201", b"garbage"), "sip:201");
+    }
+
+    #[test]
+    fn configured_user_agents_come_before_detection() {
+        use crate::blf::PhoneFamily;
+        let renderer = DocumentRenderer {
+            profiles_by_user_agent: vec![(
+                "acme desk".into(),
+                PhoneProfile::for_family(PhoneFamily::CiscoSpa),
+            )],
+            ..DocumentRenderer::default()
+        };
+        assert_eq!(
+            renderer.profile_for(Some(b"ACME Desk 3000")).family,
+            PhoneFamily::CiscoSpa
+        );
+        assert_eq!(
+            renderer.profile_for(Some(b"Yealink SIP-T54W")).family,
+            PhoneFamily::Yealink
+        );
+        assert_eq!(renderer.profile_for(None).family, PhoneFamily::Generic);
+        let forced = DocumentRenderer {
+            profile_override: Some(PhoneProfile::for_family(PhoneFamily::Polycom)),
+            ..renderer
+        };
+        assert_eq!(
+            forced.profile_for(Some(b"ACME Desk 3000")).family,
+            PhoneFamily::Polycom
+        );
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The Teams-side sections of the configuration file: `[graph]` (the app registration
 //! and where Microsoft is), `[web]` (the OAuth and portal listener), `[store]` (the
-//! SQLite file and its key), `[sync]` (how presence is synced) and `[directory]`
-//! (extension ↔ email). Same two steps as the rest of the file: raw structs mirroring
+//! SQLite file and its key), `[sync]` (how presence is synced), `[directory]`
+//! (extension ↔ email) and `[blf]` (how Teams-busy looks on the phones' lamps). Same two steps as the rest of the file: raw structs mirroring
 //! the file, then validated settings; every error names file, line and key.
 
 use std::collections::BTreeMap;
@@ -14,6 +14,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{ConfigError, Int, Source, Str};
+use crate::blf::{DocumentRenderer, PhoneProfile, TeamsInjection};
 use crate::graph::{DEFAULT_GRAPH_BASE, DEFAULT_LOGIN_BASE};
 use crate::sync::{BusyResponse, BusyRule, BusyState, CallEnd, DndMode, SyncRules};
 
@@ -120,6 +121,47 @@ impl Default for SyncSettings {
             rules: SyncRules::default(),
         }
     }
+}
+
+/// `[blf]`: how Teams-busy is shown on the phones' BLF lamps.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BlfSettings {
+    /// `blf.teams_dialog_ids`: give the injected `teams-<ext>` dialog a call-id and tags
+    /// (phones then offer pickup on the lamp). Default false.
+    pub teams_dialog_ids: bool,
+    /// `blf.profile`: one phone profile for every phone instead of detection.
+    pub profile: Option<PhoneProfile>,
+    /// `blf.profiles`: profiles by User-Agent substring (lowercased), in file order,
+    /// before the built-in detection.
+    pub profiles: Vec<(String, PhoneProfile)>,
+}
+
+impl BlfSettings {
+    /// The renderer the proxy core writes BLF documents with.
+    pub fn renderer(&self) -> DocumentRenderer {
+        DocumentRenderer {
+            injection: TeamsInjection {
+                with_dialog_ids: self.teams_dialog_ids,
+            },
+            profile_override: self.profile,
+            profiles_by_user_agent: self.profiles.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(super) struct RawBlf {
+    teams_dialog_ids: Option<bool>,
+    profile: Option<Str>,
+    profiles: Option<Vec<RawProfileRule>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(super) struct RawProfileRule {
+    user_agent: Str,
+    profile: Str,
 }
 
 #[derive(Debug, Deserialize)]
@@ -376,6 +418,41 @@ impl Source<'_> {
                 Duration::from_secs(self.ranged(&v, "sync.echo_grace_seconds", 0, 600)?);
         }
         Ok(sync)
+    }
+
+    pub(super) fn blf(&self, raw: Option<RawBlf>) -> Result<BlfSettings, ConfigError> {
+        let Some(raw) = raw else {
+            return Ok(BlfSettings::default());
+        };
+        let profile_of = |value: &Str, key: &str| {
+            value
+                .get_ref()
+                .parse::<PhoneProfile>()
+                .map_err(|e| self.invalid(value.span(), key, e.to_string()))
+        };
+        let profile = raw
+            .profile
+            .as_ref()
+            .map(|p| profile_of(p, "blf.profile"))
+            .transpose()?;
+        let mut profiles = Vec::new();
+        for (index, rule) in raw.profiles.iter().flatten().enumerate() {
+            let needle = rule.user_agent.get_ref().trim().to_ascii_lowercase();
+            if needle.is_empty() {
+                return Err(self.invalid(
+                    rule.user_agent.span(),
+                    format!("blf.profiles[{index}].user_agent"),
+                    "must not be empty".to_owned(),
+                ));
+            }
+            let profile = profile_of(&rule.profile, &format!("blf.profiles[{index}].profile"))?;
+            profiles.push((needle, profile));
+        }
+        Ok(BlfSettings {
+            teams_dialog_ids: raw.teams_dialog_ids.unwrap_or(false),
+            profile,
+            profiles,
+        })
     }
 
     pub(super) fn directory(

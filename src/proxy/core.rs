@@ -75,6 +75,8 @@ pub struct ProxyConfig {
     /// What a new PBX INVITE to an extension whose Teams user is busy gets (`486 Busy
     /// Here` by default); `None` lets it through.
     pub teams_busy_response: Option<(u16, &'static str)>,
+    /// How BLF documents are written for the phones (`[blf]`).
+    pub blf: DocumentRenderer,
 }
 
 /// A message to send.
@@ -251,6 +253,7 @@ impl Proxy {
         let limiter = RateLimiter::new(config.max_requests_per_second_per_source);
         let observer = Observer::new(config.observe.clone());
         let max_subscriptions = config.max_bindings;
+        let blf_renderer = config.blf.clone();
         Self {
             config,
             txns: HashMap::default(),
@@ -271,7 +274,7 @@ impl Proxy {
                     max_subscriptions,
                     ..SubscriptionConfig::default()
                 },
-                DocumentRenderer::default(),
+                blf_renderer,
             ),
             own_notifies: 0,
         }

@@ -338,6 +338,7 @@ pub async fn start(config: &Config) -> Result<RuntimeHandle, RuntimeError> {
         seed: random_seed(),
         observe: config.observe_config(),
         teams_busy_response: config.teams_busy_response(),
+        blf: config.blf.renderer(),
     };
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (phone_events, _) = broadcast::channel(PHONE_EVENT_BACKLOG);
