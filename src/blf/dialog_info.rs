@@ -500,8 +500,8 @@ pub fn peek_dialog_info_version(body: &[u8]) -> Option<u32> {
                     return None;
                 }
                 return xml::attributes(&start)
-                    .find(|(key, _)| xml::name_is(key, "version"))
-                    .and_then(|(_, value)| value.trim().parse().ok());
+                    .find(|attr| xml::attr_is(attr, "version"))
+                    .and_then(|attr| xml::attr_value(&attr).trim().parse().ok());
             }
             Event::Eof => return None,
             _ => {}
@@ -678,15 +678,15 @@ impl Parser {
         let mut state = None;
         let mut notify_state = None;
         let mut entity = None;
-        for (key, value) in xml::attributes(start) {
-            if xml::name_is(&key, "version") {
-                version.get_or_insert(value);
-            } else if xml::name_is(&key, "state") {
-                state.get_or_insert(value);
-            } else if xml::name_is(&key, "notify-state") {
-                notify_state.get_or_insert(value);
-            } else if xml::name_is(&key, "entity") {
-                entity.get_or_insert(value);
+        for attr in xml::attributes(start) {
+            if xml::attr_is(&attr, "version") {
+                version.get_or_insert_with(|| xml::attr_value(&attr));
+            } else if xml::attr_is(&attr, "state") {
+                state.get_or_insert_with(|| xml::attr_value(&attr));
+            } else if xml::attr_is(&attr, "notify-state") {
+                notify_state.get_or_insert_with(|| xml::attr_value(&attr));
+            } else if xml::attr_is(&attr, "entity") {
+                entity.get_or_insert_with(|| xml::attr_value(&attr));
             }
         }
         let version = match version {
@@ -738,17 +738,21 @@ impl Parser {
 
     fn open_dialog(&mut self, start: &BytesStart<'_>) {
         let mut draft = DialogDraft::default();
-        for (key, value) in xml::attributes(start) {
-            if xml::name_is(&key, "id") {
-                draft.id.get_or_insert(value);
-            } else if xml::name_is(&key, "call-id") {
-                draft.call_id.get_or_insert(value);
-            } else if xml::name_is(&key, "local-tag") {
-                draft.local_tag.get_or_insert(value);
-            } else if xml::name_is(&key, "remote-tag") {
-                draft.remote_tag.get_or_insert(value);
-            } else if xml::name_is(&key, "direction") && draft.direction.is_none() {
-                draft.direction = self.direction(&value);
+        for attr in xml::attributes(start) {
+            if xml::attr_is(&attr, "id") {
+                draft.id.get_or_insert_with(|| xml::attr_value(&attr));
+            } else if xml::attr_is(&attr, "call-id") {
+                draft.call_id.get_or_insert_with(|| xml::attr_value(&attr));
+            } else if xml::attr_is(&attr, "local-tag") {
+                draft
+                    .local_tag
+                    .get_or_insert_with(|| xml::attr_value(&attr));
+            } else if xml::attr_is(&attr, "remote-tag") {
+                draft
+                    .remote_tag
+                    .get_or_insert_with(|| xml::attr_value(&attr));
+            } else if xml::attr_is(&attr, "direction") && draft.direction.is_none() {
+                draft.direction = self.direction(&xml::attr_value(&attr));
             }
         }
         self.dialog = Some(draft);
@@ -774,13 +778,13 @@ impl Parser {
         let mut event = None;
         let mut reason = None;
         let mut code = None;
-        for (key, value) in xml::attributes(start) {
-            if xml::name_is(&key, "event") {
-                event.get_or_insert(value);
-            } else if xml::name_is(&key, "reason") {
-                reason.get_or_insert(value);
-            } else if xml::name_is(&key, "code") {
-                code.get_or_insert(value);
+        for attr in xml::attributes(start) {
+            if xml::attr_is(&attr, "event") {
+                event.get_or_insert_with(|| xml::attr_value(&attr));
+            } else if xml::attr_is(&attr, "reason") {
+                reason.get_or_insert_with(|| xml::attr_value(&attr));
+            } else if xml::attr_is(&attr, "code") {
+                code.get_or_insert_with(|| xml::attr_value(&attr));
             }
         }
         if event.is_none() && reason.is_some() {
@@ -803,11 +807,11 @@ impl Parser {
         self.text.clear();
         let mut display = None;
         let mut display_name = None;
-        for (key, value) in xml::attributes(start) {
-            if xml::name_is(&key, "display") {
-                display.get_or_insert(value);
-            } else if xml::name_is(&key, "display-name") {
-                display_name.get_or_insert(value);
+        for attr in xml::attributes(start) {
+            if xml::attr_is(&attr, "display") {
+                display.get_or_insert_with(|| xml::attr_value(&attr));
+            } else if xml::attr_is(&attr, "display-name") {
+                display_name.get_or_insert_with(|| xml::attr_value(&attr));
             }
         }
         if display.is_none() && display_name.is_some() {
@@ -818,8 +822,8 @@ impl Parser {
 
     fn open_target(&mut self, start: &BytesStart<'_>) {
         let uri = xml::attributes(start)
-            .find(|(key, _)| xml::name_is(key, "uri"))
-            .map(|(_, value)| value)
+            .find(|attr| xml::attr_is(attr, "uri"))
+            .map(|attr| xml::attr_value(&attr))
             .unwrap_or_default();
         if let Some(participant) = self.participant.as_mut() {
             participant.target = Some(Target {
@@ -833,13 +837,13 @@ impl Parser {
         let mut name = None;
         let mut pval = None;
         let mut pvalue = None;
-        for (key, value) in xml::attributes(start) {
-            if xml::name_is(&key, "pname") {
-                name.get_or_insert(value);
-            } else if xml::name_is(&key, "pval") {
-                pval.get_or_insert(value);
-            } else if xml::name_is(&key, "pvalue") {
-                pvalue.get_or_insert(value);
+        for attr in xml::attributes(start) {
+            if xml::attr_is(&attr, "pname") {
+                name.get_or_insert_with(|| xml::attr_value(&attr));
+            } else if xml::attr_is(&attr, "pval") {
+                pval.get_or_insert_with(|| xml::attr_value(&attr));
+            } else if xml::attr_is(&attr, "pvalue") {
+                pvalue.get_or_insert_with(|| xml::attr_value(&attr));
             }
         }
         if pval.is_none() && pvalue.is_some() {

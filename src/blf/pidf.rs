@@ -291,8 +291,8 @@ impl Parser {
             }
             self.started = true;
             self.doc.entity = xml::attributes(start)
-                .find(|(key, _)| xml::name_is(key, "entity"))
-                .map(|(_, value)| value);
+                .find(|attr| xml::attr_is(attr, "entity"))
+                .map(|attr| xml::attr_value(&attr));
             self.stack.push(Frame::Presence);
             return Ok(());
         };
@@ -306,8 +306,8 @@ impl Parser {
             }
             Frame::Presence if xml::name_is(name, "tuple") => {
                 let id = xml::attributes(start)
-                    .find(|(key, _)| xml::name_is(key, "id"))
-                    .map(|(_, value)| value)
+                    .find(|attr| xml::attr_is(attr, "id"))
+                    .map(|attr| xml::attr_value(&attr))
                     .unwrap_or_default();
                 push_bounded(&mut self.doc.tuples, PresenceTuple { id, basic: None })?;
                 Frame::Tuple

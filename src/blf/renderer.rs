@@ -9,7 +9,7 @@
 
 use bytes::Bytes;
 
-use super::dialog_info::{DIALOG_INFO_CONTENT_TYPE, parse_dialog_info};
+use super::dialog_info::{DIALOG_INFO_CONTENT_TYPE, parse_dialog_info, peek_dialog_info_version};
 use super::pidf::{PIDF_CONTENT_TYPE, render_presence_for_phone};
 use super::profile::PhoneProfile;
 use super::render::{TeamsInjection, WatchedExtension, render_for_phone};
@@ -72,10 +72,7 @@ impl BlfRenderer for DocumentRenderer {
         if !is_type(content_type, DIALOG_INFO_CONTENT_TYPE) {
             return None;
         }
-        parse_dialog_info(body)
-            .ok()
-            .and_then(|doc| doc.version)
-            .map(u64::from)
+        peek_dialog_info_version(body).map(u64::from)
     }
 
     fn render(

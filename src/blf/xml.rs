@@ -41,25 +41,27 @@ pub(crate) fn name_is(name: &[u8], want: &str) -> bool {
     name.eq_ignore_ascii_case(want.as_bytes())
 }
 
-/// The attributes of `start` as (local name, decoded value), in document order.
-/// Quotes are optional and duplicates are allowed (the first one wins for callers that
-/// search front to back); iteration stops at the first attribute that cannot be read.
+/// The attributes of `start`, in document order. Quotes are optional and duplicates
+/// are allowed (callers searching front to back take the first); iteration stops at
+/// the first attribute that cannot be read. Names are compared with [`attr_is`],
+/// values decoded with [`attr_value`] only when wanted.
 pub(crate) fn attributes<'a>(
     start: &'a BytesStart<'a>,
-) -> impl Iterator<Item = (Vec<u8>, String)> + 'a {
+) -> impl Iterator<Item = Attribute<'a>> + 'a {
     let mut attrs = start.html_attributes();
     attrs.with_checks(false);
-    attrs.map_while(Result::ok).map(|attr: Attribute<'_>| {
-        let key = attr.key.local_name().as_ref().to_vec();
-        let value = attr_value(&attr.value);
-        (key, value)
-    })
+    attrs.map_while(Result::ok)
 }
 
-/// The raw (still escaped) value of an attribute, unescaped; as written when it holds
-/// an entity that cannot be resolved.
-fn attr_value(raw: &[u8]) -> String {
-    let text = String::from_utf8_lossy(raw);
+/// Whether an attribute's local name is `want`, ignoring ASCII case.
+pub(crate) fn attr_is(attr: &Attribute<'_>, want: &str) -> bool {
+    name_is(attr.key.local_name().as_ref(), want)
+}
+
+/// An attribute's value, unescaped; as written when it holds an entity that cannot be
+/// resolved.
+pub(crate) fn attr_value(attr: &Attribute<'_>) -> String {
+    let text = String::from_utf8_lossy(&attr.value);
     match unescape(&text) {
         Ok(unescaped) => unescaped.into_owned(),
         Err(_) => text.into_owned(),
@@ -72,7 +74,7 @@ pub(crate) fn is_namespace_declaration(start: &BytesStart<'_>, namespace: &str) 
     attrs.with_checks(false);
     attrs.map_while(Result::ok).any(|attr| {
         let key = attr.key.as_ref();
-        (key == b"xmlns" || key.starts_with(b"xmlns:")) && attr_value(&attr.value) == namespace
+        (key == b"xmlns" || key.starts_with(b"xmlns:")) && attr_value(&attr) == namespace
     })
 }
 
@@ -150,8 +152,9 @@ pub(crate) fn push_escaped_attr(out: &mut Vec<u8>, text: &str) {
 }
 
 fn push_escaped(out: &mut Vec<u8>, text: &str, in_attribute: bool) {
-    let mut utf8 = [0u8; 4];
-    for c in text.chars() {
+    // runs of characters that need nothing are copied whole
+    let mut copied = 0;
+    for (at, c) in text.char_indices() {
         let replacement: &[u8] = match c {
             '&' => b"&amp;",
             '<' => b"&lt;",
@@ -162,10 +165,13 @@ fn push_escaped(out: &mut Vec<u8>, text: &str, in_attribute: bool) {
             '\n' if in_attribute => b"&#10;",
             '\r' => b"&#13;",
             c if !is_xml_char(c) => "\u{FFFD}".as_bytes(),
-            c => c.encode_utf8(&mut utf8).as_bytes(),
+            _ => continue,
         };
+        out.extend_from_slice(&text.as_bytes()[copied..at]);
         out.extend_from_slice(replacement);
+        copied = at + c.len_utf8();
     }
+    out.extend_from_slice(&text.as_bytes()[copied..]);
 }
 
 /// Appends ` name="value"` (value escaped).
