@@ -447,43 +447,36 @@ pub fn parse_dialog_info(body: &[u8]) -> Result<DialogInfo, DialogInfoError> {
 pub fn parse_dialog_info_noting_quirks(
     body: &[u8],
 ) -> Result<(DialogInfo, Quirks), DialogInfoError> {
-    let mut reader = xml::lenient_reader(body);
     let mut parser = Parser::default();
-    loop {
-        let event = reader
-            .read_event()
-            .map_err(|e| DialogInfoError::MalformedXml {
-                offset: reader.error_position(),
-                message: xml::excerpt(&e.to_string()),
-            })?;
-        match event {
-            Event::Start(start) => parser.open(&start)?,
-            Event::Empty(start) => {
-                parser.open(&start)?;
-                parser.close_innermost()?;
-            }
-            Event::End(end) => parser.close_named(end.local_name().as_ref())?,
-            Event::Text(text) => {
-                if parser.wants_text() {
-                    xml::push_text(&mut parser.text, &text);
-                }
-            }
-            Event::CData(cdata) => {
-                if parser.wants_text() {
-                    xml::push_text(&mut parser.text, &cdata);
-                }
-            }
-            Event::GeneralRef(reference) => {
-                if parser.wants_text() {
-                    xml::push_reference(&mut parser.text, &reference);
-                }
-            }
-            Event::Eof => return parser.finish(),
-            Event::Decl(_) | Event::PI(_) | Event::Comment(_) | Event::DocType(_) => {}
-        }
-        if parser.root_closed {
-            return parser.finish();
-        }
+    xml::read_document(body, &mut parser)?;
+    parser.finish()
+}
+
+impl xml::ElementSink for Parser {
+    type Error = DialogInfoError;
+
+    fn open(&mut self, start: &BytesStart<'_>) -> Result<(), DialogInfoError> {
+        Parser::open(self, start)
+    }
+
+    fn close_innermost(&mut self) -> Result<(), DialogInfoError> {
+        Parser::close_innermost(self)
+    }
+
+    fn close_named(&mut self, name: &[u8]) -> Result<(), DialogInfoError> {
+        Parser::close_named(self, name)
+    }
+
+    fn text(&mut self) -> Option<&mut String> {
+        self.wants_text().then_some(&mut self.text)
+    }
+
+    fn done(&self) -> bool {
+        self.root_closed
+    }
+
+    fn malformed(offset: u64, message: String) -> DialogInfoError {
+        DialogInfoError::MalformedXml { offset, message }
     }
 }
 

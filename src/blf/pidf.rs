@@ -22,7 +22,7 @@
 
 use std::borrow::Cow;
 
-use quick_xml::events::{BytesStart, Event};
+use quick_xml::events::BytesStart;
 
 use super::render::{TEAMS_DIALOG_PREFIX, WatchedExtension};
 use super::xml;
@@ -224,42 +224,8 @@ struct Parser {
 
 /// Parses a PIDF body leniently (see the module documentation).
 pub fn parse_pidf(body: &[u8]) -> Result<PresenceDocument, PidfError> {
-    let mut reader = xml::lenient_reader(body);
     let mut parser = Parser::default();
-    loop {
-        let event = reader.read_event().map_err(|e| PidfError::MalformedXml {
-            offset: reader.error_position(),
-            message: xml::excerpt(&e.to_string()),
-        })?;
-        match event {
-            Event::Start(start) => parser.open(&start)?,
-            Event::Empty(start) => {
-                parser.open(&start)?;
-                parser.close_innermost()?;
-            }
-            Event::End(end) => parser.close_named(end.local_name().as_ref())?,
-            Event::Text(text) => {
-                if parser.wants_text() {
-                    xml::push_text(&mut parser.text, &text);
-                }
-            }
-            Event::CData(cdata) => {
-                if parser.wants_text() {
-                    xml::push_text(&mut parser.text, &cdata);
-                }
-            }
-            Event::GeneralRef(reference) => {
-                if parser.wants_text() {
-                    xml::push_reference(&mut parser.text, &reference);
-                }
-            }
-            Event::Eof => break,
-            Event::Decl(_) | Event::PI(_) | Event::Comment(_) | Event::DocType(_) => {}
-        }
-        if parser.closed {
-            break;
-        }
-    }
+    xml::read_document(body, &mut parser)?;
     if !parser.started {
         return Err(PidfError::NoElement);
     }
@@ -272,6 +238,34 @@ pub fn parse_pidf(body: &[u8]) -> Result<PresenceDocument, PidfError> {
         ));
     }
     Ok(parser.doc)
+}
+
+impl xml::ElementSink for Parser {
+    type Error = PidfError;
+
+    fn open(&mut self, start: &BytesStart<'_>) -> Result<(), PidfError> {
+        Parser::open(self, start)
+    }
+
+    fn close_innermost(&mut self) -> Result<(), PidfError> {
+        Parser::close_innermost(self)
+    }
+
+    fn close_named(&mut self, name: &[u8]) -> Result<(), PidfError> {
+        Parser::close_named(self, name)
+    }
+
+    fn text(&mut self) -> Option<&mut String> {
+        self.wants_text().then_some(&mut self.text)
+    }
+
+    fn done(&self) -> bool {
+        self.closed
+    }
+
+    fn malformed(offset: u64, message: String) -> PidfError {
+        PidfError::MalformedXml { offset, message }
+    }
 }
 
 impl Parser {

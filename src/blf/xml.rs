@@ -18,7 +18,7 @@ use std::borrow::Cow;
 use quick_xml::Reader;
 use quick_xml::escape::{resolve_predefined_entity, unescape};
 use quick_xml::events::attributes::Attribute;
-use quick_xml::events::{BytesRef, BytesStart};
+use quick_xml::events::{BytesRef, BytesStart, Event};
 
 /// Longest excerpt of input an error value carries (bytes, cut on a char boundary).
 const EXCERPT_LEN: usize = 64;
@@ -34,6 +34,63 @@ pub(crate) fn lenient_reader(body: &[u8]) -> Reader<&[u8]> {
     config.allow_dangling_amp = true;
     config.expand_empty_elements = false;
     reader
+}
+
+/// What a document parser does with the lenient reader's events; [`read_document`]
+/// drives it.
+pub(crate) trait ElementSink {
+    /// The parser's error.
+    type Error;
+    /// An element opened (also the first half of an empty element).
+    fn open(&mut self, start: &BytesStart<'_>) -> Result<(), Self::Error>;
+    /// The innermost open element closed (the second half of an empty element).
+    fn close_innermost(&mut self) -> Result<(), Self::Error>;
+    /// An end tag with this local name.
+    fn close_named(&mut self, name: &[u8]) -> Result<(), Self::Error>;
+    /// Where text goes, when the element being read wants its text.
+    fn text(&mut self) -> Option<&mut String>;
+    /// Whether the root element has closed: reading stops.
+    fn done(&self) -> bool;
+    /// The error for XML the reader cannot read at `offset`.
+    fn malformed(offset: u64, message: String) -> Self::Error;
+}
+
+/// Reads `body` into `sink` until its root element closes or the input ends.
+pub(crate) fn read_document<S: ElementSink>(body: &[u8], sink: &mut S) -> Result<(), S::Error> {
+    let mut reader = lenient_reader(body);
+    loop {
+        let event = reader
+            .read_event()
+            .map_err(|e| S::malformed(reader.error_position(), excerpt(&e.to_string())))?;
+        match event {
+            Event::Start(start) => sink.open(&start)?,
+            Event::Empty(start) => {
+                sink.open(&start)?;
+                sink.close_innermost()?;
+            }
+            Event::End(end) => sink.close_named(end.local_name().as_ref())?,
+            Event::Text(text) => {
+                if let Some(out) = sink.text() {
+                    push_text(out, &text);
+                }
+            }
+            Event::CData(cdata) => {
+                if let Some(out) = sink.text() {
+                    push_text(out, &cdata);
+                }
+            }
+            Event::GeneralRef(reference) => {
+                if let Some(out) = sink.text() {
+                    push_reference(out, &reference);
+                }
+            }
+            Event::Eof => return Ok(()),
+            Event::Decl(_) | Event::PI(_) | Event::Comment(_) | Event::DocType(_) => {}
+        }
+        if sink.done() {
+            return Ok(());
+        }
+    }
 }
 
 /// Whether a (local) element or attribute name is `want`, ignoring ASCII case.
