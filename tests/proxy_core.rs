@@ -1462,8 +1462,26 @@ fn a_response_quoting_our_branch_from_another_host_is_dropped() {
 // BLF (issue 7): Teams-busy shown inside the phone's own dialog subscription
 
 fn dialog_notify(cseq: u32, version: u32, branch: &str, record_route: &str) -> String {
+    dialog_notify_with(
+        cseq,
+        version,
+        "full",
+        r#"<dialog id="201"><state>terminated</state></dialog>"#,
+        branch,
+        record_route,
+    )
+}
+
+fn dialog_notify_with(
+    cseq: u32,
+    version: u32,
+    state: &str,
+    dialogs: &str,
+    branch: &str,
+    record_route: &str,
+) -> String {
     let body = format!(
-        "<?xml version=\"1.0\"?>\n<dialog-info xmlns=\"urn:ietf:params:xml:ns:dialog-info\" version=\"{version}\" state=\"full\" entity=\"sip:201@pbx.example.com\"><dialog id=\"201\"><state>terminated</state></dialog></dialog-info>\n"
+        "<?xml version=\"1.0\"?>\n<dialog-info xmlns=\"urn:ietf:params:xml:ns:dialog-info\" version=\"{version}\" state=\"{state}\" entity=\"sip:201@pbx.example.com\">{dialogs}</dialog-info>\n"
     );
     format!(
         "NOTIFY sip:200@10.1.0.5:5062 SIP/2.0
@@ -1591,4 +1609,62 @@ Content-Length: 0
     let text = body_text(&back);
     assert!(!text.contains("teams-201"), "{text}");
     assert!(text.contains(r#"version="3""#), "{text}");
+}
+
+/// While the extension is Teams-busy the proxy renders every PBX document for the
+/// phone; a PBX that sends partial state must still be shown in full (RFC 4235 §4.3):
+/// the call it reported earlier stays on the lamp when it adds another.
+#[test]
+fn blf_a_partial_state_pbx_is_shown_in_full_while_teams_busy() {
+    let mut net = Net::new();
+    let subscribe = "SUBSCRIBE sip:201@pbx.example.com SIP/2.0
+Via: SIP/2.0/UDP 10.1.0.5:5062;branch=z9hG4bKs2
+From: <sip:200@pbx.example.com>;tag=ph1
+To: <sip:201@pbx.example.com>
+Call-ID: blf-1
+CSeq: 1 SUBSCRIBE
+Contact: <sip:200@10.1.0.5:5062>
+Event: dialog
+Expires: 600
+Max-Forwards: 70
+Content-Length: 0
+
+";
+    let out = net.receive(PHONE, subscribe);
+    let forwarded = only_to(&out, PBX);
+    let record_route = values(&forwarded, HeaderName::RecordRoute).join(", ");
+    let ok = answer(
+        &forwarded,
+        200,
+        "OK",
+        Some("pbx1"),
+        "Contact: <sip:pbx@10.0.0.100:5070>\nExpires: 600\n",
+    );
+    net.receive(PBX, &ok);
+    let in_call = r#"<dialog id="d1"><state>confirmed</state></dialog>"#;
+    let out = net.receive(
+        PBX,
+        &dialog_notify_with(1, 5, "full", in_call, "p1", &record_route),
+    );
+    let notify = only_to(&out, PHONE);
+    net.receive(PHONE, &answer(&notify, 200, "OK", None, ""));
+    let now = net.now;
+    net.proxy.set_teams_busy(now, "201", true);
+    for own in net.drain() {
+        let own = parse(&own);
+        net.receive(PHONE, &answer(&own, 200, "OK", None, ""));
+    }
+    // the PBX reports a second call in a partial document
+    let ringing = r#"<dialog id="d2"><state>early</state></dialog>"#;
+    let out = net.receive(
+        PBX,
+        &dialog_notify_with(2, 6, "partial", ringing, "p2", &record_route),
+    );
+    let notify = only_to(&out, PHONE);
+    let text = body_text(&notify);
+    assert!(text.contains(r#"state="full""#), "{text}");
+    assert!(
+        text.contains(r#"id="d1""#) && text.contains(r#"id="d2""#),
+        "both calls: {text}"
+    );
 }

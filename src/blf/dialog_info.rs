@@ -502,6 +502,27 @@ pub fn peek_dialog_info_version(body: &[u8]) -> Option<u32> {
     }
 }
 
+/// Whether a dialog-info body says `state="partial"` on its root element (read from the
+/// root alone, like [`peek_dialog_info_version`]).
+pub fn peek_dialog_info_is_partial(body: &[u8]) -> bool {
+    let mut reader = xml::lenient_reader(body);
+    loop {
+        match reader.read_event() {
+            Ok(Event::Start(start) | Event::Empty(start)) => {
+                return xml::name_is(start.local_name().as_ref(), "dialog-info")
+                    && xml::attributes(&start).any(|attr| {
+                        // the raw bytes: no allocation for the full documents of every
+                        // passing NOTIFY
+                        xml::attr_is(&attr, "state")
+                            && attr.value.trim_ascii().eq_ignore_ascii_case(b"partial")
+                    });
+            }
+            Ok(Event::Eof) | Err(_) => return false,
+            Ok(_) => {}
+        }
+    }
+}
+
 /// An open element the parser follows, innermost last.
 #[derive(Debug)]
 enum Frame {

@@ -57,7 +57,8 @@ pub(crate) mod xml;
 pub use dialog_info::{
     DIALOG_INFO_CONTENT_TYPE, DIALOG_INFO_NAMESPACE, Dialog, DialogInfo, DialogInfoError,
     DialogState, Direction, DocumentState, Identity, Participant, Quirk, Quirks, Target,
-    TargetParam, parse_dialog_info, parse_dialog_info_noting_quirks, peek_dialog_info_version,
+    TargetParam, parse_dialog_info, parse_dialog_info_noting_quirks, peek_dialog_info_is_partial,
+    peek_dialog_info_version,
 };
 pub use merge::{DialogInfoState, MergeOutcome};
 pub use pidf::{

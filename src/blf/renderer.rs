@@ -3,15 +3,20 @@
 //! dialog injected, written strictly for the phone's profile) and PIDF.
 //!
 //! It is stateless: each call reads the PBX's last document again. A PBX that sends
-//! partial state (RFC 4235 §4.3) is rendered from its last partial document alone;
-//! merging every passing document per subscription ([`super::DialogInfoState`]) would
-//! need the tracker to hand each one over, which it does not yet.
+//! partial state (RFC 4235 §4.3) has each partial document merged into the last full
+//! one as it passes ([`BlfRenderer::complete`]), so the document the tracker keeps is
+//! always full state.
 
 use bytes::Bytes;
 
-use super::dialog_info::{DIALOG_INFO_CONTENT_TYPE, parse_dialog_info, peek_dialog_info_version};
+use super::dialog_info::{
+    DIALOG_INFO_CONTENT_TYPE, parse_dialog_info, peek_dialog_info_is_partial,
+    peek_dialog_info_version,
+};
+use super::merge::{DialogInfoState, MergeOutcome};
 use super::pidf::{PIDF_CONTENT_TYPE, render_presence_for_phone};
 use super::profile::PhoneProfile;
+use super::render::render_dialog_info;
 use super::render::{TeamsInjection, WatchedExtension, render_for_phone};
 use super::subscription::{BlfRenderer, EventPackage, PbxDocument, Rendered, SubscriptionView};
 
@@ -68,6 +73,26 @@ fn is_type(content_type: &[u8], wanted: &str) -> bool {
 }
 
 impl BlfRenderer for DocumentRenderer {
+    fn complete(
+        &self,
+        content_type: &[u8],
+        previous: Option<&[u8]>,
+        body: &[u8],
+    ) -> Option<Vec<u8>> {
+        if !is_type(content_type, DIALOG_INFO_CONTENT_TYPE) || !peek_dialog_info_is_partial(body) {
+            return None;
+        }
+        let mut state = DialogInfoState::new();
+        if let Some(previous) = previous {
+            state.apply_body(previous).ok()?;
+        }
+        if state.apply_body(body).ok()? != MergeOutcome::Applied {
+            return None;
+        }
+        let version = state.version()?;
+        state.view().map(|view| render_dialog_info(view, version))
+    }
+
     fn document_version(&self, content_type: &[u8], body: &[u8]) -> Option<u64> {
         if !is_type(content_type, DIALOG_INFO_CONTENT_TYPE) {
             return None;
@@ -165,6 +190,66 @@ mod tests {
         assert_eq!(
             forced.profile_for(Some(b"ACME Desk 3000")).family,
             PhoneFamily::Polycom
+        );
+    }
+
+    const NS: &str = "urn:ietf:params:xml:ns:dialog-info";
+
+    fn doc(version: u32, state: &str, dialogs: &str) -> Vec<u8> {
+        format!(
+            r#"<?xml version="1.0"?><dialog-info xmlns="{NS}" version="{version}" state="{state}" entity="sip:201@pbx">{dialogs}</dialog-info>"#
+        )
+        .into_bytes()
+    }
+
+    #[test]
+    fn partial_documents_are_kept_as_the_full_state_they_make() {
+        let renderer = DocumentRenderer::default();
+        let ct = DIALOG_INFO_CONTENT_TYPE.as_bytes();
+        let full = doc(
+            10,
+            "full",
+            r#"<dialog id="a"><state>confirmed</state></dialog>"#,
+        );
+        assert_eq!(
+            renderer.complete(ct, None, &full),
+            None,
+            "full stays as it is"
+        );
+        let partial = doc(
+            11,
+            "partial",
+            r#"<dialog id="b"><state>early</state></dialog>"#,
+        );
+        let merged = renderer
+            .complete(ct, Some(&full), &partial)
+            .expect("a partial document is completed");
+        let view = parse_dialog_info(&merged).unwrap();
+        assert_eq!(view.version, Some(11), "the PBX's numbering is kept");
+        let ids: Vec<&str> = view.dialogs.iter().map(|d| d.id.as_str()).collect();
+        assert_eq!(ids, ["a", "b"]);
+        assert!(!peek_dialog_info_is_partial(&merged));
+        // the next partial builds on the completed one
+        let ended = doc(
+            12,
+            "partial",
+            r#"<dialog id="a"><state>terminated</state></dialog>"#,
+        );
+        let merged = renderer.complete(ct, Some(&merged), &ended).unwrap();
+        let view = parse_dialog_info(&merged).unwrap();
+        assert_eq!(view.version, Some(12));
+        assert!(view.dialogs.iter().any(|d| d.id == "b"), "{view:?}");
+        // a gap in the versions: kept as it came
+        let gap = doc(
+            20,
+            "partial",
+            r#"<dialog id="c"><state>early</state></dialog>"#,
+        );
+        assert_eq!(renderer.complete(ct, Some(&merged), &gap), None);
+        // not dialog-info
+        assert_eq!(
+            renderer.complete(b"application/pidf+xml", Some(&full), &partial),
+            None
         );
     }
 

@@ -217,6 +217,19 @@ pub trait BlfRenderer {
     /// has had to change something in the subscription, so it may cost a scan.
     fn document_version(&self, content_type: &[u8], body: &[u8]) -> Option<u64>;
 
+    /// When `body` is a partial-state document (RFC 4235 §4.3), the full-state document
+    /// it makes together with `previous` (the last one kept, itself full), to keep
+    /// instead; `None` keeps `body` as it is (a full document, another type, or a gap
+    /// in the versions). Called for every PBX body, so it must be cheap for a full one.
+    fn complete(
+        &self,
+        _content_type: &[u8],
+        _previous: Option<&[u8]>,
+        _body: &[u8],
+    ) -> Option<Vec<u8>> {
+        None
+    }
+
     /// The document the phone should see: `pbx` is the PBX's current document (`None`
     /// before any), `version` the phone-facing version to write, `teams_busy` whether to
     /// add the Teams dialog. `None` leaves the PBX's body untouched (in a NOTIFY the
@@ -1027,7 +1040,12 @@ impl<R: BlfRenderer> SubscriptionTracker<R> {
         sub.phone = *phone;
         sub.pbx_cseq = Some(sub.pbx_cseq.map_or(pbx_cseq, |c| c.max(pbx_cseq)));
         if !body.is_empty() {
-            sub.store_body(body);
+            // a partial-state document is kept as the full state it makes with the last
+            // one, so that what the proxy renders later shows every dialog
+            let completed =
+                self.renderer
+                    .complete(content_type, sub.pbx_document().map(|d| d.body), body);
+            sub.store_body(completed.as_deref().unwrap_or(body));
         }
         let state = msg.subscription_state().and_then(Result::ok);
         let terminated = state.is_some_and(|s| s.is_terminated());
@@ -1060,7 +1078,6 @@ impl<R: BlfRenderer> SubscriptionTracker<R> {
             && sub.phase == SubscriptionPhase::Active
             && now < sub.expires_at
             && !body.is_empty();
-        let pbx_document = PbxDocument { content_type, body };
         let mut rewrite = Rewrite::default();
         let mut phone_cseq = pbx_cseq;
         match sub.numbering.as_deref_mut() {
@@ -1072,9 +1089,12 @@ impl<R: BlfRenderer> SubscriptionTracker<R> {
                         .document_version(content_type, body)
                         .unwrap_or(0);
                     let view = view_of(&sub.texts, &sub.ext, sub.package, sub.phase, true, None);
-                    rewrite.body = self
-                        .renderer
-                        .render(&view, Some(pbx_document), version, true);
+                    // what was kept (a partial document completed), not the bare body
+                    let kept = PbxDocument {
+                        content_type: sub.texts.get(Text::PbxContentType),
+                        body: &sub.pbx_body,
+                    };
+                    rewrite.body = self.renderer.render(&view, Some(kept), version, true);
                 }
             }
             Some(numbering) => {
@@ -1098,9 +1118,11 @@ impl<R: BlfRenderer> SubscriptionTracker<R> {
                             inject,
                             Some(numbering),
                         );
-                        rewrite.body =
-                            self.renderer
-                                .render(&view, Some(pbx_document), version, inject);
+                        let kept = PbxDocument {
+                            content_type: sub.texts.get(Text::PbxContentType),
+                            body: &sub.pbx_body,
+                        };
+                        rewrite.body = self.renderer.render(&view, Some(kept), version, inject);
                     }
                     if pbx_version.is_some() || rewrite.body.is_some() {
                         numbering.last_phone_version = version;
