@@ -1668,3 +1668,117 @@ Content-Length: 0
         "both calls: {text}"
     );
 }
+
+/// Every notifier style of `sip-traces/blf/` (Asterisk, FreeSWITCH, Kamailio with several
+/// dialogs, a partial-state notifier) through the core while the watched extension is
+/// Teams-busy: the phone sees the Teams dialog exactly while the PBX shows the
+/// extension idle, the PBX's own dialogs otherwise, and CSeq and version only go up.
+#[test]
+fn blf_every_notifier_style_through_the_core_while_teams_busy() {
+    use presence_proxy::blf::parse_dialog_info;
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("sip-traces/blf");
+    for style in ["asterisk", "freeswitch", "kamailio", "partial"] {
+        let mut files: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with(&format!("notify-{style}-"))
+            })
+            .collect();
+        files.sort();
+        assert!(files.len() >= 4, "{style}: {files:?}");
+        let mut net = Net::new();
+        let subscribe = "SUBSCRIBE sip:201@pbx.example.com SIP/2.0
+Via: SIP/2.0/UDP 10.1.0.5:5062;branch=z9hG4bKs9
+From: <sip:200@pbx.example.com>;tag=ph1
+To: <sip:201@pbx.example.com>
+Call-ID: blf-1
+CSeq: 1 SUBSCRIBE
+Contact: <sip:200@10.1.0.5:5062>
+Event: dialog
+Expires: 600
+Max-Forwards: 70
+Content-Length: 0
+
+";
+        let out = net.receive(PHONE, subscribe);
+        let forwarded = only_to(&out, PBX);
+        let record_route = values(&forwarded, HeaderName::RecordRoute).join(", ");
+        let ok = answer(
+            &forwarded,
+            200,
+            "OK",
+            Some("pbx1"),
+            "Contact: <sip:pbx@10.0.0.100:5070>\nExpires: 600\n",
+        );
+        net.receive(PBX, &ok);
+        let (mut last_cseq, mut last_version) = (0u32, None::<u32>);
+        let mut pbx_view = presence_proxy::blf::DialogInfoState::new();
+        for (n, file) in files.iter().enumerate() {
+            let text = std::fs::read_to_string(file).unwrap();
+            let body = text
+                .split_once("\n\n")
+                .or_else(|| text.split_once("\r\n\r\n"))
+                .unwrap()
+                .1;
+            let _ = pbx_view.apply_body(body.as_bytes());
+            let pbx_shows_call = pbx_view.shows_call();
+            let cseq = n as u32 + 1;
+            let notify = format!(
+                "NOTIFY sip:200@10.1.0.5:5062 SIP/2.0
+Via: SIP/2.0/UDP 10.0.0.100:5070;branch=z9hG4bKq{style}{n}
+Route: {record_route}
+From: <sip:201@pbx.example.com>;tag=pbx1
+To: <sip:200@pbx.example.com>;tag=ph1
+Call-ID: blf-1
+CSeq: {cseq} NOTIFY
+Event: dialog
+Subscription-State: active;expires=600
+Contact: <sip:pbx@10.0.0.100:5070>
+Max-Forwards: 70
+Content-Type: application/dialog-info+xml
+Content-Length: {}
+
+",
+                body.len() + body.matches('\n').count()
+            ) + body;
+            let mut seen = net.receive(PBX, &notify);
+            if n == 0 {
+                let now = net.now;
+                net.proxy.set_teams_busy(now, "201", true);
+                seen.extend(net.drain());
+            }
+            for sent in to(&seen, PHONE) {
+                let msg = parse(sent);
+                let phone_cseq = cseq_number(&msg);
+                assert!(
+                    phone_cseq > last_cseq,
+                    "{style} {file:?}: CSeq {phone_cseq} after {last_cseq}"
+                );
+                last_cseq = phone_cseq;
+                let doc = parse_dialog_info(msg.body())
+                    .unwrap_or_else(|e| panic!("{style} {file:?}: {e}"));
+                let version = doc.version.unwrap();
+                assert!(
+                    last_version.is_none_or(|v| version > v),
+                    "{style} {file:?}: version {version} after {last_version:?}"
+                );
+                last_version = Some(version);
+                net.receive(PHONE, &answer(&msg, 200, "OK", None, ""));
+            }
+            // the last document the phone got for this PBX NOTIFY (or the proxy's own)
+            let shown = to(&seen, PHONE)
+                .last()
+                .map(|t| body_text(&parse(t)))
+                .unwrap_or_default();
+            let teams = shown.contains("teams-201");
+            assert_eq!(
+                teams, !pbx_shows_call,
+                "{style} {file:?}: PBX shows a call: {pbx_shows_call}; phone got:\n{shown}"
+            );
+        }
+    }
+}
