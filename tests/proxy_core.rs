@@ -1511,10 +1511,11 @@ fn body_text(msg: &Message) -> String {
     String::from_utf8_lossy(msg.body()).into_owned()
 }
 
-#[test]
-fn blf_teams_busy_is_injected_into_the_phones_dialog_subscription() {
-    let mut net = Net::new();
-    let subscribe = "SUBSCRIBE sip:201@pbx.example.com SIP/2.0
+/// Phone 200 at 10.1.0.5 subscribes to 201's dialog state through the proxy and the PBX
+/// accepts with `code`; returns the Record-Route the PBX's NOTIFYs must carry back.
+fn blf_subscribe(net: &mut Net, extra_headers: &str, code: u16) -> String {
+    let subscribe = format!(
+        "SUBSCRIBE sip:201@pbx.example.com SIP/2.0
 Via: SIP/2.0/UDP 10.1.0.5:5062;branch=z9hG4bKs1
 From: <sip:200@pbx.example.com>;tag=ph1
 To: <sip:201@pbx.example.com>
@@ -1522,25 +1523,36 @@ Call-ID: blf-1
 CSeq: 1 SUBSCRIBE
 Contact: <sip:200@10.1.0.5:5062>
 Event: dialog
-Accept: application/dialog-info+xml
 Expires: 600
-User-Agent: Yealink SIP-T54W 96.86.0.100
-Max-Forwards: 70
+{extra_headers}Max-Forwards: 70
 Content-Length: 0
 
-";
-    let out = net.receive(PHONE, subscribe);
+"
+    );
+    let out = net.receive(PHONE, &subscribe);
     let forwarded = only_to(&out, PBX);
     let record_route = values(&forwarded, HeaderName::RecordRoute).join(", ");
+    let reason = if code == 202 { "Accepted" } else { "OK" };
     let ok = answer(
         &forwarded,
-        202,
-        "Accepted",
+        code,
+        reason,
         Some("pbx1"),
         "Contact: <sip:pbx@10.0.0.100:5070>\nExpires: 600\n",
     );
     let out = net.receive(PBX, &ok);
-    assert_eq!(status(&only_to(&out, PHONE)), 202);
+    assert_eq!(status(&only_to(&out, PHONE)), code);
+    record_route
+}
+
+#[test]
+fn blf_teams_busy_is_injected_into_the_phones_dialog_subscription() {
+    let mut net = Net::new();
+    let record_route = blf_subscribe(
+        &mut net,
+        "Accept: application/dialog-info+xml\nUser-Agent: Yealink SIP-T54W 96.86.0.100\n",
+        202,
+    );
 
     // the PBX's first NOTIFY passes as it is
     let out = net.receive(PBX, &dialog_notify(1, 0, "a", &record_route));
@@ -1617,30 +1629,7 @@ Content-Length: 0
 #[test]
 fn blf_a_partial_state_pbx_is_shown_in_full_while_teams_busy() {
     let mut net = Net::new();
-    let subscribe = "SUBSCRIBE sip:201@pbx.example.com SIP/2.0
-Via: SIP/2.0/UDP 10.1.0.5:5062;branch=z9hG4bKs2
-From: <sip:200@pbx.example.com>;tag=ph1
-To: <sip:201@pbx.example.com>
-Call-ID: blf-1
-CSeq: 1 SUBSCRIBE
-Contact: <sip:200@10.1.0.5:5062>
-Event: dialog
-Expires: 600
-Max-Forwards: 70
-Content-Length: 0
-
-";
-    let out = net.receive(PHONE, subscribe);
-    let forwarded = only_to(&out, PBX);
-    let record_route = values(&forwarded, HeaderName::RecordRoute).join(", ");
-    let ok = answer(
-        &forwarded,
-        200,
-        "OK",
-        Some("pbx1"),
-        "Contact: <sip:pbx@10.0.0.100:5070>\nExpires: 600\n",
-    );
-    net.receive(PBX, &ok);
+    let record_route = blf_subscribe(&mut net, "", 200);
     let in_call = r#"<dialog id="d1"><state>confirmed</state></dialog>"#;
     let out = net.receive(
         PBX,
@@ -1691,30 +1680,7 @@ fn blf_every_notifier_style_through_the_core_while_teams_busy() {
         files.sort();
         assert!(files.len() >= 4, "{style}: {files:?}");
         let mut net = Net::new();
-        let subscribe = "SUBSCRIBE sip:201@pbx.example.com SIP/2.0
-Via: SIP/2.0/UDP 10.1.0.5:5062;branch=z9hG4bKs9
-From: <sip:200@pbx.example.com>;tag=ph1
-To: <sip:201@pbx.example.com>
-Call-ID: blf-1
-CSeq: 1 SUBSCRIBE
-Contact: <sip:200@10.1.0.5:5062>
-Event: dialog
-Expires: 600
-Max-Forwards: 70
-Content-Length: 0
-
-";
-        let out = net.receive(PHONE, subscribe);
-        let forwarded = only_to(&out, PBX);
-        let record_route = values(&forwarded, HeaderName::RecordRoute).join(", ");
-        let ok = answer(
-            &forwarded,
-            200,
-            "OK",
-            Some("pbx1"),
-            "Contact: <sip:pbx@10.0.0.100:5070>\nExpires: 600\n",
-        );
-        net.receive(PBX, &ok);
+        let record_route = blf_subscribe(&mut net, "", 200);
         let (mut last_cseq, mut last_version) = (0u32, None::<u32>);
         let mut pbx_view = presence_proxy::blf::DialogInfoState::new();
         for (n, file) in files.iter().enumerate() {
