@@ -17,10 +17,11 @@ need_component fmt rustfmt
 need_component clippy clippy
 
 # Real SIP peers for the end-to-end tests: SIPp (Debian: sip-tester) as phones and
-# PBX, Kamailio as a registrar/PBX behind the proxy.
+# PBX, Kamailio as a registrar/PBX and presence server behind the proxy, Chromium for
+# the portal.
 need_package() {
-    # $1 = command to look for, $2 = Debian package that provides it
-    if ! command -v "$1" >/dev/null 2>&1; then
+    # $1 = command (or absolute file) to look for, $2 = Debian package that provides it
+    if ! command -v "$1" >/dev/null 2>&1 && [ ! -e "$1" ]; then
         if [ "$(id -u)" -ne 0 ] && ! command -v sudo >/dev/null 2>&1; then
             echo "error: $1 is missing; install the Debian package $2" >&2
             exit 1
@@ -36,6 +37,11 @@ need_package() {
 }
 need_package sipp sip-tester
 need_package kamailio kamailio
+# Kamailio's presence server (presence, presence_dialoginfo) for the BLF interop test
+need_package /usr/lib/x86_64-linux-gnu/kamailio/modules/presence_dialoginfo.so kamailio-presence-modules
+# a real browser for the portal tests: headless Chromium driven over WebDriver
+need_package chromium chromium
+need_package chromedriver chromium-driver
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

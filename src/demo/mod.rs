@@ -5,6 +5,9 @@
 //! (its external calls and DND); then the proxy keeps running for real phones or SIPp
 //! until Ctrl-C, printing what it observes.
 
+pub mod pbx;
+pub mod phones;
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::ExitCode;
@@ -23,7 +26,7 @@ use crate::transport::Transport;
 
 /// The demo's configuration: phones on udp/tcp 127.0.0.1:5060, the PBX stand-in on
 /// udp 127.0.0.1:5070 (the same as `config/loopback.toml`).
-pub const DEMO_CONFIG: &str = include_str!("../config/loopback.toml");
+pub const DEMO_CONFIG: &str = include_str!("../../config/loopback.toml");
 
 /// Why the demo stopped.
 #[derive(Debug, thiserror::Error)]

@@ -1,0 +1,1 @@
+//! The demo's PBX stand-in (being written).
