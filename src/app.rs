@@ -1,6 +1,7 @@
 //! The whole product from one configuration: the SIP proxy (`runtime`) and, when the
 //! file has a `[graph]` section, the Teams side — the store, the Graph client, the sync
-//! engine and the web listener (OAuth round trips, Graph notifications).
+//! engine and the web listener (portal, OAuth round trips, `/api/status`, `/metrics`,
+//! `/healthz`, Graph notifications).
 //!
 //! The Teams side runs on a tokio runtime of its own, on its own thread, in
 //! [`run`]: JSON, TLS and SQLite work never shares a thread with the SIP path, which
@@ -23,9 +24,11 @@ use crate::graph::{
 };
 use crate::observe::ObserveEvent;
 use crate::runtime::{RuntimeControl, RuntimeError};
+use crate::store::Secret;
 use crate::store::{EncryptionKey, KEY_ENV, KeyError, Store, StoreError};
 use crate::sync::{NotificationSetup, SyncEngine, SyncHandle, SyncOptions};
-use crate::web::{CALLBACK_PATH, OAuthService, UNPAIR_PATH, WebError};
+use crate::web::portal::{Portal, PortalOptions, StatusSource};
+use crate::web::{CALLBACK_PATH, OAuthService, UNPAIR_PATH, WebError, WebOptions};
 
 /// Why the product could not start.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +53,17 @@ pub enum AppError {
         /// Why.
         source: std::io::Error,
     },
+    /// The API token file.
+    #[error("cannot read web.api_token_file {}: {source}", path.display())]
+    ApiToken {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The admin password could not be made.
+    #[error("admin password: {0}")]
+    Password(#[from] crate::web::PasswordError),
     /// The web listener.
     #[error("cannot listen on {addr} (web.listen): {source}")]
     WebBind {
@@ -201,24 +215,31 @@ pub async fn start_teams(
         store.clone(),
         graph.clone(),
         phone_events,
-        control,
+        control.clone(),
         notifications,
     ));
-    let (web_addr, web_task) = match web {
-        Some((listener, addr, public)) => {
-            let mut router = web_router(&public, &store, &graph, &sync)?;
+    let (web_addr, web_task) = match (web, &config.web) {
+        (Some((listener, addr, public)), Some(settings)) => {
+            let status = StatusSource {
+                store: store.clone(),
+                sync: Some(sync.clone()),
+                control: Some(control),
+            };
+            let portal = portal_options(settings, &store)?;
+            let mut router = web_router(&public, settings, &graph, status, portal)?;
             if let Some(receiver) = receiver {
                 router = router.merge(notification_routes(receiver));
             }
-            info!(listen = %addr, public = %public, "web listener (OAuth round trips)");
+            info!(listen = %addr, public = %public, "web listener (portal, OAuth, API, metrics)");
+            let service = router.into_make_service_with_connect_info::<SocketAddr>();
             let task = tokio::spawn(async move {
-                if let Err(e) = axum::serve(listener, router).await {
+                if let Err(e) = axum::serve(listener, service).await {
                     tracing::warn!(error = %e, "web listener stopped");
                 }
             });
             (Some(addr), Some(task))
         }
-        None => (None, None),
+        _ => (None, None),
     };
     Ok(Some(TeamsSide {
         store,
@@ -229,17 +250,77 @@ pub async fn start_teams(
     }))
 }
 
-/// Everything the web listener serves: the OAuth round trips and `/healthz`. A
-/// completed sign-in or an unpairing makes the sync engine read its links again at
-/// once.
-fn web_router(
-    public: &str,
+/// The portal's admin password hash and API token: `web.admin_password_hash`, else the
+/// store's hash, else a new random password (stored hashed, printed once on stderr);
+/// the token from `web.api_token_file`.
+pub fn portal_options(
+    web: &crate::config::WebSettings,
     store: &Store,
+) -> Result<PortalOptions, AppError> {
+    let admin_password_hash = match &web.admin_password_hash {
+        Some(hash) => Secret::new(hash.clone()),
+        None => match store.admin_password_hash()? {
+            Some(hash) => hash,
+            None => {
+                let password = crate::web::random_password()
+                    .map_err(|_| AppError::Start("the system random generator failed".into()))?;
+                let hash = Secret::new(crate::web::hash_password(&password)?);
+                store.set_admin_password_hash(&hash)?;
+                warn!(
+                    "no web.admin_password_hash: a random admin password was made and stored (hashed); it is printed once on stderr"
+                );
+                eprintln!(
+                    "\n  presence-proxy portal admin password (shown once): {password}\n  set web.admin_password_hash to choose your own\n"
+                );
+                hash
+            }
+        },
+    };
+    let api_token = match &web.api_token_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|source| AppError::ApiToken {
+                path: path.clone(),
+                source,
+            })?;
+            let token = text.lines().next().unwrap_or("").trim().to_owned();
+            if token.is_empty() {
+                return Err(AppError::ApiToken {
+                    path: path.clone(),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        "the first line is empty",
+                    ),
+                });
+            }
+            Some(Secret::new(token))
+        }
+        None => None,
+    };
+    Ok(PortalOptions {
+        admin_password_hash,
+        api_token,
+    })
+}
+
+/// Everything the web listener serves: the portal, the OAuth round trips, `/api/...`,
+/// `/metrics` and `/healthz`. A completed sign-in or an unpairing makes the sync engine
+/// read its links again at once. The OAuth flows can only be started from portal
+/// sessions (the admin's, or a user's for their own extension).
+pub fn web_router(
+    public: &str,
+    settings: &crate::config::WebSettings,
     graph: &GraphClient,
-    sync: &Arc<SyncHandle>,
+    status: StatusSource,
+    options: PortalOptions,
 ) -> Result<axum::Router, AppError> {
-    let service = OAuthService::new(graph.clone(), store.clone(), public)?;
-    let sync = sync.clone();
+    let web_options = WebOptions {
+        open_starts: false,
+        portal_session_ttl: std::time::Duration::from_secs(settings.session_minutes * 60),
+        ..WebOptions::default()
+    };
+    let service =
+        OAuthService::with_options(graph.clone(), status.store.clone(), public, web_options)?;
+    let sync = status.sync.clone();
     let reload_after_oauth = axum::middleware::from_fn(
         move |request: axum::extract::Request, next: axum::middleware::Next| {
             let sync = sync.clone();
@@ -251,15 +332,46 @@ fn web_router(
                         .is_some_and(|prefix| path.starts_with(prefix));
                 let response = next.run(request).await;
                 if changes_links {
-                    sync.reload();
+                    if let Some(sync) = &sync {
+                        sync.reload();
+                    }
                 }
                 response
             }
         },
     );
+    let metrics_source = status.clone();
+    let metrics_graph = graph.clone();
+    let portal = Portal::new(service.clone(), status, options);
     Ok(crate::web::router(service)
+        .merge(crate::web::portal::router(portal))
         .route("/healthz", axum::routing::get(|| async { "ok\n" }))
+        .route(
+            "/metrics",
+            axum::routing::get(move || {
+                let source = metrics_source.clone();
+                let graph = metrics_graph.clone();
+                async move { metrics_response(&source, &graph).await }
+            }),
+        )
         .layer(reload_after_oauth))
+}
+
+/// `GET /metrics`: the proxy's, the Graph client's and the sync engine's counters in
+/// the Prometheus text format.
+async fn metrics_response(source: &StatusSource, graph: &GraphClient) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    // PENDING-METRICS: wired when the metrics module lands
+    let _ = (source, graph);
+    let body = String::new();
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
 }
 
 /// Runs the whole product until SIGINT/SIGTERM: the proxy on this (single-threaded)

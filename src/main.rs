@@ -43,6 +43,9 @@ enum Command {
         /// The configuration file (TOML).
         file: PathBuf,
     },
+    /// Read a password (first line of stdin) and print its argon2id hash, the value of
+    /// `web.admin_password_hash` in the configuration.
+    HashPassword,
     /// Run the emulator of the Microsoft identity platform and Graph presence endpoints
     /// (login, Graph v1.0 and the /_emulator/ control API on one listener) until Ctrl-C.
     GraphEmulator {
@@ -74,6 +77,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Demo => presence_proxy::demo::demo(),
+        Command::HashPassword => hash_password(),
         Command::GraphEmulator { listen, seed } => {
             presence_proxy::emulator::run_cli(listen, seed.as_deref())
         }
@@ -121,6 +125,25 @@ fn run(path: &std::path::Path) -> ExitCode {
         Err(err) => {
             eprintln!("{err}");
             ExitCode::from(1)
+        }
+    }
+}
+
+fn hash_password() -> ExitCode {
+    let mut line = String::new();
+    if let Err(e) = std::io::stdin().read_line(&mut line) {
+        eprintln!("error: cannot read the password from stdin: {e}");
+        return ExitCode::FAILURE;
+    }
+    let password = line.trim_end_matches(['\r', '\n']);
+    match presence_proxy::web::hash_password(password) {
+        Ok(hash) => {
+            println!("{hash}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
         }
     }
 }

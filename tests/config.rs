@@ -943,6 +943,23 @@ fn teams_side_mistakes_name_their_key() {
     let err = load_err(&with("[web]\nlisten = \"localhost\"\n"));
     assert_at(&err, 7, 10, "web.listen", ConfigErrorKind::Invalid);
 
+    let err = load_err(&with(
+        "[web]\nlisten = \"127.0.0.1:8080\"\nadmin_password_hash = \"hunter2\"\n",
+    ));
+    assert_at(
+        &err,
+        8,
+        23,
+        "web.admin_password_hash",
+        ConfigErrorKind::Invalid,
+    );
+    assert!(err.message().contains("argon2"), "{err}");
+
+    let err = load_err(&with(
+        "[web]\nlisten = \"127.0.0.1:8080\"\nsession_minutes = 0\n",
+    ));
+    assert_at(&err, 8, 19, "web.session_minutes", ConfigErrorKind::Invalid);
+
     let err = load_err(&with("[sync]\nbusy_response = 404\n"));
     assert_at(&err, 7, 17, "sync.busy_response", ConfigErrorKind::Invalid);
 

@@ -1,7 +1,8 @@
 //! The whole product from one configuration file, as `presence-proxy run` starts it:
 //! the proxy, the store, the Graph client (against the emulator), the sync engine and
-//! the web listener. A tenant admin grants consent and signs in for the domain token,
-//! a user pairs extension 201, all through the web listener and the emulator's sign-in;
+//! the web listener. A tenant admin signs in to the portal, grants consent and signs in
+//! for the domain token; the user of extension 201 signs in with Microsoft and pairs it,
+//! all through the portal and the emulator's sign-in;
 //! then a SIPp call of 201 shows in Teams, and a Teams call of 201's user makes the
 //! proxy refuse calls to 201.
 //!
@@ -11,6 +12,7 @@
 
 mod e2e_support;
 mod emulator_support;
+mod portal_support;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -20,6 +22,7 @@ use e2e_support::{
     wait_bound,
 };
 use emulator_support::{BOB, Env};
+use portal_support::{ADMIN_PASSWORD, PortalClient, admin_password_hash};
 use presence_proxy::app;
 use presence_proxy::config::Config;
 use presence_proxy::emulator::{CONTOSO_CLIENT_ID, CONTOSO_CLIENT_SECRET};
@@ -27,38 +30,7 @@ use presence_proxy::runtime;
 use presence_proxy::store::TokenKind;
 use presence_proxy::transport::Transport;
 use reqwest::StatusCode;
-use reqwest::header::LOCATION;
 use serde_json::json;
-
-fn location(response: &reqwest::Response) -> String {
-    response.headers()[LOCATION].to_str().unwrap().to_owned()
-}
-
-/// A flow started at the web listener, through the emulator's sign-in (with its test
-/// shortcut), back to the callback; returns the callback's status and page.
-async fn round_trip(env: &Env, web: &str, start: &str, shortcut: &str) -> (StatusCode, String) {
-    let response = env.http.get(format!("{web}{start}")).send().await.unwrap();
-    assert_eq!(response.status(), StatusCode::FOUND, "{start}");
-    let at_emulator = location(&response);
-    let response = env
-        .http
-        .get(format!("{at_emulator}&{shortcut}"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        response.status(),
-        StatusCode::FOUND,
-        "the emulator redirects"
-    );
-    let back = location(&response);
-    assert!(
-        back.starts_with(&format!("{web}/oauth/callback?")),
-        "{back}"
-    );
-    let response = env.http.get(back).send().await.unwrap();
-    (response.status(), response.text().await.unwrap())
-}
 
 async fn wait_for<F, Fut>(what: &str, mut condition: F)
 where
@@ -117,6 +89,7 @@ graph_base = "{graph}"
 
 [web]
 listen = "127.0.0.1:0"
+admin_password_hash = "{hash}"
 
 [store]
 path = "state/store.sqlite3"
@@ -130,6 +103,7 @@ poll_interval_ms = 200
 "#,
         login = env.emu.login_url(),
         graph = env.emu.graph_url(),
+        hash = admin_password_hash(),
     );
     let file = dir.path().join("presence-proxy.toml");
     std::fs::write(&file, &toml).unwrap();
@@ -159,32 +133,78 @@ poll_interval_ms = 200
         .await;
     assert!(status < 300);
 
-    // the tenant admin: Admin Grant, then the domain token
-    let (status, page) = round_trip(
-        &env,
-        &web,
-        "/oauth/admin-consent",
-        "emulator_decision=accept",
-    )
-    .await;
-    assert_eq!(status, StatusCode::OK, "{page}");
-    let (status, page) = round_trip(
-        &env,
-        &web,
-        "/oauth/domain",
-        "emulator_user=alice@contoso.example",
-    )
-    .await;
-    assert_eq!(status, StatusCode::OK, "{page}");
-    // the user of 201 pairs
-    let (status, page) = round_trip(
-        &env,
-        &web,
-        "/oauth/pair/201",
-        "emulator_user=bob@contoso.example",
-    )
-    .await;
-    assert_eq!(status, StatusCode::OK, "{page}");
+    // the tenant admin, in the portal: Admin Grant, then the domain token
+    let mut admin = PortalClient::new(&web);
+    let signed_in = admin.admin_login(ADMIN_PASSWORD).await;
+    assert_eq!(
+        signed_in.status,
+        StatusCode::SEE_OTHER,
+        "{}",
+        signed_in.body
+    );
+    let csrf = admin.csrf("/admin/teams").await;
+    let to_emulator = admin.post("/admin/teams/grant", &[("csrf", &csrf)]).await;
+    assert_eq!(
+        to_emulator.status,
+        StatusCode::SEE_OTHER,
+        "{}",
+        to_emulator.body
+    );
+    let back = admin
+        .through_emulator(&to_emulator.location.unwrap(), "emulator_decision=accept")
+        .await;
+    assert_eq!(back.status, StatusCode::SEE_OTHER, "{}", back.body);
+    assert_eq!(
+        back.location.as_deref(),
+        Some(&*format!("{web}/admin/teams"))
+    );
+    let to_emulator = admin.post("/admin/teams/token", &[("csrf", &csrf)]).await;
+    let back = admin
+        .through_emulator(
+            &to_emulator.location.unwrap(),
+            "emulator_user=alice@contoso.example",
+        )
+        .await;
+    assert_eq!(back.status, StatusCode::SEE_OTHER, "{}", back.body);
+    let page = admin.get("/admin/teams").await;
+    assert!(page.body.contains("alice@contoso.example"), "{}", page.body);
+    // the user of 201 signs in with Microsoft and pairs
+    let mut user = PortalClient::new(&web);
+    let to_emulator = user.get("/user/sign-in").await;
+    assert_eq!(
+        to_emulator.status,
+        StatusCode::FOUND,
+        "{}",
+        to_emulator.body
+    );
+    let back = user
+        .through_emulator(
+            &to_emulator.location.unwrap(),
+            "emulator_user=bob@contoso.example",
+        )
+        .await;
+    assert_eq!(back.status, StatusCode::SEE_OTHER, "{}", back.body);
+    let csrf = user.csrf("/user").await;
+    let to_emulator = user.post("/user/pair", &[("csrf", &csrf)]).await;
+    assert_eq!(
+        to_emulator.status,
+        StatusCode::SEE_OTHER,
+        "{}",
+        to_emulator.body
+    );
+    let back = user
+        .through_emulator(
+            &to_emulator.location.unwrap(),
+            "emulator_user=bob@contoso.example",
+        )
+        .await;
+    assert_eq!(back.status, StatusCode::SEE_OTHER, "{}", back.body);
+    let page = user.get("/user").await;
+    assert!(
+        page.body.contains("indicator green"),
+        "the indicator is green: {}",
+        page.body
+    );
     let kinds: Vec<TokenKind> = teams
         .store
         .list_tokens()
@@ -226,6 +246,29 @@ poll_interval_ms = 200
         app_session(&env).await.as_deref() == Some("Busy/InACall")
     })
     .await;
+    // the admin's status API shows the call
+    let mut admin = admin;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let reply = admin.get("/api/status").await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+        let rows: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
+        let row = rows
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["extension"] == "201")
+            .cloned()
+            .unwrap();
+        if row["call"] == "connected" {
+            assert_eq!(row["paired"], true, "{row}");
+            assert_eq!(row["pbx_to_teams"], true, "{row}");
+            assert_eq!(row["email"], "bob@contoso.example", "{row}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "201 never connected: {row}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let deadline = Instant::now() + DEADLINE;
     let phone_status = phone.wait_until(deadline).await;
     let pbx_status = pbx.wait_until(deadline).await;

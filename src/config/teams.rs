@@ -78,6 +78,15 @@ pub struct WebSettings {
     /// `web.public_url`: how browsers (and Microsoft's redirects) reach it; default
     /// `http://{listen}`. The OAuth redirect URI is `{public_url}/oauth/callback`.
     pub public_url: Option<String>,
+    /// `web.admin_password_hash`: the portal admin's password as an argon2 PHC string
+    /// (`presence-proxy hash-password` makes one). Without it the store's hash is used,
+    /// and on first start a random password is made, stored hashed and logged once.
+    pub admin_password_hash: Option<String>,
+    /// `web.api_token_file`: a file whose first line is a bearer token that may read
+    /// `GET /api/status` without an admin session (monitoring).
+    pub api_token_file: Option<PathBuf>,
+    /// `web.session_minutes`: how long a portal sign-in lasts (default 720).
+    pub session_minutes: u64,
 }
 
 /// `[store]`: the embedded database.
@@ -182,6 +191,9 @@ pub(super) struct RawGraph {
 pub(super) struct RawWeb {
     listen: Str,
     public_url: Option<Str>,
+    admin_password_hash: Option<Str>,
+    api_token_file: Option<Str>,
+    session_minutes: Option<Spanned<Int>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -301,7 +313,32 @@ impl Source<'_> {
                     .map(|u| u.trim_end_matches('/').to_owned())
             })
             .transpose()?;
-        Ok(WebSettings { listen, public_url })
+        let admin_password_hash = raw
+            .admin_password_hash
+            .as_ref()
+            .map(|h| {
+                let text = h.get_ref().trim();
+                crate::web::check_password_hash(text)
+                    .map(|()| text.to_owned())
+                    .map_err(|e| self.invalid(h.span(), "web.admin_password_hash", e))
+            })
+            .transpose()?;
+        let api_token_file = raw
+            .api_token_file
+            .as_ref()
+            .map(|f| self.path(f, "web.api_token_file"))
+            .transpose()?;
+        let session_minutes = match &raw.session_minutes {
+            None => 720,
+            Some(m) => self.ranged(m, "web.session_minutes", 1, 60 * 24 * 30)?,
+        };
+        Ok(WebSettings {
+            listen,
+            public_url,
+            admin_password_hash,
+            api_token_file,
+            session_minutes,
+        })
     }
 
     pub(super) fn store(&self, raw: Option<RawStore>) -> Result<StoreSettings, ConfigError> {

@@ -21,6 +21,8 @@ pub enum OAuthPurpose {
         /// The extension being paired.
         extension: String,
     },
+    /// A user signing in to the portal (their account's email selects the extension).
+    UserSignIn,
 }
 
 /// A request about to be sent to the authorize (or admin consent) endpoint.

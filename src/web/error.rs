@@ -69,6 +69,9 @@ pub enum WebError {
     /// The extension has no email to pair with.
     #[error("extension {0} has no email address in the directory")]
     NoEmail(String),
+    /// A portal sign-in by an account that no extension's email names.
+    #[error("no extension in the directory has the email {0}")]
+    NoExtensionFor(String),
     /// The extension has no paired token.
     #[error("extension {0} is not paired")]
     NotPaired(String),
@@ -109,9 +112,10 @@ impl WebError {
             | Self::Provider { .. }
             | Self::IdToken(_)
             | Self::Exchange(GraphError::Token { .. }) => StatusCode::BAD_REQUEST,
-            Self::TenantMismatch { .. } | Self::WrongUser { .. } | Self::Forbidden => {
-                StatusCode::FORBIDDEN
-            }
+            Self::TenantMismatch { .. }
+            | Self::WrongUser { .. }
+            | Self::Forbidden
+            | Self::NoExtensionFor(_) => StatusCode::FORBIDDEN,
             Self::UnknownExtension(_) | Self::NotPaired(_) => StatusCode::NOT_FOUND,
             Self::NoEmail(_) => StatusCode::CONFLICT,
             Self::Exchange(_) | Self::NoIdToken => StatusCode::BAD_GATEWAY,
@@ -137,6 +141,7 @@ impl WebError {
             Self::UnknownExtension(_) => "unknown_extension",
             Self::NoEmail(_) => "no_email",
             Self::NotPaired(_) => "not_paired",
+            Self::NoExtensionFor(_) => "no_extension",
             Self::Forbidden => "forbidden",
             Self::Busy => "busy",
             Self::Store(_) => "store_error",

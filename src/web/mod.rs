@@ -44,6 +44,8 @@ mod error;
 mod id_token;
 mod oauth;
 mod pages;
+mod password;
+pub mod portal;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -66,10 +68,15 @@ pub use id_token::{
 };
 pub use oauth::{
     ADMIN_CONSENT_PATH, CALLBACK_PATH, COOKIE_PATH, CallbackQuery, Completed, DOMAIN_SIGN_IN_PATH,
-    Flow, PAIR_PATH, PresenceCleared, Step, UNPAIR_PATH, Unpaired, check_pairing_account,
-    consent_tenant, expected_tenant, is_guid, next_step, parse_callback_query,
+    Finished, Flow, PAIR_PATH, PresenceCleared, SIGN_IN_SCOPES, Step, UNPAIR_PATH, Unpaired,
+    check_pairing_account, consent_tenant, expected_tenant, is_guid, next_step,
+    parse_callback_query,
 };
 pub use pages::{Page, escape};
+pub use password::{
+    PasswordError, check_password_hash, hash_password, random_password, verify_password,
+};
+pub use portal::{PortalSessions, Who};
 
 use crate::graph::GraphClient;
 use crate::store::Store;
@@ -91,9 +98,13 @@ pub struct WebOptions {
     pub pairing_cookie_ttl: Duration,
     /// Most pairing cookies remembered at once (default 10,000; the oldest go first).
     pub max_pairing_sessions: usize,
-    /// Whether anyone may start the flows ([`OpenStarts`]); default true until the
-    /// portal has logins.
+    /// Whether anyone may start the flows ([`OpenStarts`]); default true. The portal
+    /// turns it off: its admin and user sessions decide then.
     pub open_starts: bool,
+    /// Lifetime of a portal sign-in (default 12 h; in memory, a restart ends it).
+    pub portal_session_ttl: Duration,
+    /// Most portal sessions at once (default 10,000; the oldest go first).
+    pub max_portal_sessions: usize,
 }
 
 impl Default for WebOptions {
@@ -106,6 +117,8 @@ impl Default for WebOptions {
             pairing_cookie_ttl: Duration::from_secs(7 * 24 * 3600),
             max_pairing_sessions: 10_000,
             open_starts: true,
+            portal_session_ttl: Duration::from_secs(12 * 3600),
+            max_portal_sessions: 10_000,
         }
     }
 }
@@ -130,6 +143,7 @@ struct Inner {
     secure_cookies: bool,
     validator: IdTokenValidator,
     sessions: Arc<PairingSessions>,
+    portal_sessions: Arc<PortalSessions>,
     policies: RwLock<Vec<Arc<dyn AccessPolicy>>>,
 }
 
@@ -186,7 +200,12 @@ impl OAuthService {
             options.pairing_cookie_ttl,
             options.max_pairing_sessions,
         ));
-        let mut policies: Vec<Arc<dyn AccessPolicy>> = vec![sessions.clone()];
+        let portal_sessions = Arc::new(PortalSessions::new(
+            options.portal_session_ttl,
+            options.max_portal_sessions,
+        ));
+        let mut policies: Vec<Arc<dyn AccessPolicy>> =
+            vec![sessions.clone(), portal_sessions.clone()];
         if options.open_starts {
             policies.push(Arc::new(OpenStarts));
         }
@@ -200,6 +219,7 @@ impl OAuthService {
                 store,
                 validator,
                 sessions,
+                portal_sessions,
                 policies: RwLock::new(policies),
             }),
         })
@@ -245,11 +265,13 @@ impl OAuthService {
         &self.inner.public_origin
     }
 
-    fn public_path(&self) -> &str {
+    /// The public base URL's path, without a trailing slash (`""` at the root).
+    pub fn public_path(&self) -> &str {
         &self.inner.public_path
     }
 
-    fn secure_cookies(&self) -> bool {
+    /// Whether cookies are marked `Secure` (the public URL is https).
+    pub fn secure_cookies(&self) -> bool {
         self.inner.secure_cookies
     }
 
@@ -261,6 +283,11 @@ impl OAuthService {
     /// The pairing cookies.
     pub fn sessions(&self) -> &Arc<PairingSessions> {
         &self.inner.sessions
+    }
+
+    /// The portal's admin and user sign-ins.
+    pub fn portal_sessions(&self) -> &Arc<PortalSessions> {
+        &self.inner.portal_sessions
     }
 }
 

@@ -22,7 +22,15 @@
 //! - pairing: the same, then the id_token's `email` or `preferred_username` must be the
 //!   extension's directory email (else 403, nothing stored); token stored under
 //!   `TokenKey::user(extension)` (which clears a "needs re-pairing" mark), the directory
-//!   resolution set to the id_token's `oid`, and the pairing cookie set.
+//!   resolution set to the id_token's `oid`, and the pairing cookie set;
+//! - a user's portal sign-in ([`OAuthService::start_user_sign_in`], [`SIGN_IN_SCOPES`]):
+//!   code exchanged, id_token validated, the extension whose directory email is the
+//!   account's looked up (none → 403), and a portal session started for that user. No
+//!   token is stored.
+//!
+//! A flow started from the portal carries a `redirect_target` (a path under the public
+//! base URL); once its callback succeeds the browser is sent back there (303) instead
+//! of being shown the completion page.
 //!
 //! Logs name the flow, the extension and the outcome; never a code, token, verifier,
 //! nonce, `state` or cookie secret.
@@ -41,6 +49,7 @@ use super::access::{Action, PairingSessions, same_origin};
 use super::error::WebError;
 use super::id_token::IdClaims;
 use super::pages::{self, Page};
+use super::portal::Who;
 use crate::graph::{
     AuthorizeRequest, DOMAIN_SCOPES, Pkce, StoreTokenSink, TokenSet, Tokens, USER_SCOPES,
     random_url_safe,
@@ -62,6 +71,9 @@ pub const UNPAIR_PATH: &str = "/oauth/unpair/{extension}";
 pub const CALLBACK_PATH: &str = "/oauth/callback";
 /// Where the pairing cookies are sent (under the public base path).
 pub const COOKIE_PATH: &str = "/oauth";
+
+/// What a portal sign-in asks for: who the user is, nothing more.
+pub const SIGN_IN_SCOPES: &str = "openid profile email https://graph.microsoft.com/User.Read";
 
 /// Bytes of randomness in a nonce.
 const NONCE_BYTES: usize = 32;
@@ -122,7 +134,7 @@ async fn callback(State(service): State<OAuthService>, RawQuery(query): RawQuery
         .handle_callback(query.as_deref().unwrap_or_default())
         .await
     {
-        Ok(done) => service.completed_page(&done),
+        Ok(done) => service.finished_page(&done),
         // logged by handle_callback
         Err(e) => e.respond(),
     }
@@ -177,6 +189,8 @@ pub enum Flow {
     Pairing,
     /// Unpairing an extension.
     Unpair,
+    /// A user signing in to the portal.
+    UserSignIn,
     /// A callback whose flow is not known yet (no valid state).
     Callback,
 }
@@ -189,6 +203,7 @@ impl Flow {
             Self::DomainSignIn => "domain_sign_in",
             Self::Pairing => "pairing",
             Self::Unpair => "unpair",
+            Self::UserSignIn => "user_sign_in",
             Self::Callback => "callback",
         }
     }
@@ -198,6 +213,7 @@ impl Flow {
             OAuthPurpose::AdminConsent => (Self::AdminConsent, None),
             OAuthPurpose::DomainSignIn => (Self::DomainSignIn, None),
             OAuthPurpose::PairExtension { extension } => (Self::Pairing, Some(extension)),
+            OAuthPurpose::UserSignIn => (Self::UserSignIn, None),
         }
     }
 }
@@ -297,7 +313,9 @@ pub fn next_step(purpose: &OAuthPurpose, q: CallbackQuery) -> Result<Step, WebEr
                 .ok_or(WebError::BadCallback("no tenant"))?;
             Ok(Step::Consent { tenant })
         }
-        OAuthPurpose::DomainSignIn | OAuthPurpose::PairExtension { .. } => Ok(Step::Exchange {
+        OAuthPurpose::DomainSignIn
+        | OAuthPurpose::PairExtension { .. }
+        | OAuthPurpose::UserSignIn => Ok(Step::Exchange {
             code: q
                 .code
                 .filter(|c| !c.expose().is_empty())
@@ -398,6 +416,24 @@ pub enum Completed {
         /// The pairing secret for the cookie (never logged; `Debug` redacts it).
         secret: Secret<String>,
     },
+    /// A user signed in to the portal.
+    UserSignedIn {
+        /// The extension their account's email selected.
+        extension: String,
+        /// Who signed in.
+        account: String,
+        /// The portal session's cookie secret (never logged).
+        secret: Secret<String>,
+    },
+}
+
+/// A completed callback and where the browser goes next.
+#[derive(Debug)]
+pub struct Finished {
+    /// What completed.
+    pub completed: Completed,
+    /// The portal path the flow was started from, to send the browser back to.
+    pub back: Option<String>,
 }
 
 /// What happened to the app's presence session at unpairing.
@@ -441,11 +477,17 @@ fn random_error<E: std::fmt::Display>(e: E) -> WebError {
 impl OAuthService {
     /// Starts admin consent: the URL to send the browser to.
     pub fn start_admin_consent(&self) -> Result<String, WebError> {
+        self.start_admin_consent_from(None)
+    }
+
+    /// Starts admin consent from the portal page `back` (a path), where the browser
+    /// returns afterwards.
+    pub fn start_admin_consent_from(&self, back: Option<&str>) -> Result<String, WebError> {
         let state = self.store().create_oauth_state(&NewOAuthState {
             purpose: OAuthPurpose::AdminConsent,
             pkce_verifier: None,
             nonce: None,
-            redirect_target: None,
+            redirect_target: back.map(str::to_owned),
             ttl: None,
         })?;
         tracing::info!(
@@ -458,7 +500,12 @@ impl OAuthService {
 
     /// Starts the domain sign-in: the URL to send the browser to.
     pub fn start_domain_sign_in(&self) -> Result<String, WebError> {
-        let url = self.authorize(OAuthPurpose::DomainSignIn, DOMAIN_SCOPES, None)?;
+        self.start_domain_sign_in_from(None)
+    }
+
+    /// Starts the domain sign-in from the portal page `back`.
+    pub fn start_domain_sign_in_from(&self, back: Option<&str>) -> Result<String, WebError> {
+        let url = self.authorize(OAuthPurpose::DomainSignIn, DOMAIN_SCOPES, None, back)?;
         tracing::info!(
             flow = Flow::DomainSignIn.name(),
             outcome = "redirected",
@@ -470,6 +517,15 @@ impl OAuthService {
     /// Starts pairing `extension` (in the directory, with an email): the URL to send the
     /// browser to, with that email as `login_hint`.
     pub fn start_pairing(&self, extension: &str) -> Result<String, WebError> {
+        self.start_pairing_from(extension, None)
+    }
+
+    /// Starts pairing `extension` from the portal page `back`.
+    pub fn start_pairing_from(
+        &self,
+        extension: &str,
+        back: Option<&str>,
+    ) -> Result<String, WebError> {
         let entry = self
             .store()
             .extension(extension)?
@@ -483,10 +539,24 @@ impl OAuthService {
             },
             USER_SCOPES,
             Some(&email),
+            back,
         )?;
         tracing::info!(
             flow = Flow::Pairing.name(),
             extension,
+            outcome = "redirected",
+            "oauth start"
+        );
+        Ok(url)
+    }
+
+    /// Starts a user's portal sign-in: the URL to send the browser to. The account
+    /// that signs in selects the extension (by its directory email); the browser comes
+    /// back to `back`.
+    pub fn start_user_sign_in(&self, back: &str) -> Result<String, WebError> {
+        let url = self.authorize(OAuthPurpose::UserSignIn, SIGN_IN_SCOPES, None, Some(back))?;
+        tracing::info!(
+            flow = Flow::UserSignIn.name(),
             outcome = "redirected",
             "oauth start"
         );
@@ -498,6 +568,7 @@ impl OAuthService {
         purpose: OAuthPurpose,
         scope: &str,
         login_hint: Option<&str>,
+        back: Option<&str>,
     ) -> Result<String, WebError> {
         let pkce = Pkce::generate().map_err(random_error)?;
         let nonce = random_url_safe(NONCE_BYTES).map_err(random_error)?;
@@ -505,7 +576,7 @@ impl OAuthService {
             purpose,
             pkce_verifier: Some(pkce.verifier),
             nonce: Some(nonce.clone()),
-            redirect_target: None,
+            redirect_target: back.map(str::to_owned),
             ttl: None,
         })?;
         Ok(self.graph().config().authorize_url(&AuthorizeRequest {
@@ -519,7 +590,7 @@ impl OAuthService {
     }
 
     /// Handles the callback's raw query string (logs the outcome).
-    pub async fn handle_callback(&self, raw_query: &str) -> Result<Completed, WebError> {
+    pub async fn handle_callback(&self, raw_query: &str) -> Result<Finished, WebError> {
         let pending = parse_callback_query(raw_query).and_then(|q| {
             let pending = self.store().take_oauth_state(&q.state)?;
             Ok((pending, q))
@@ -538,9 +609,9 @@ impl OAuthService {
             Ok(done) => {
                 let account = match done {
                     Completed::AdminConsent { .. } => None,
-                    Completed::DomainSignIn { account, .. } | Completed::Paired { account, .. } => {
-                        Some(account.as_str())
-                    }
+                    Completed::DomainSignIn { account, .. }
+                    | Completed::Paired { account, .. }
+                    | Completed::UserSignedIn { account, .. } => Some(account.as_str()),
                 };
                 tracing::info!(
                     flow = flow.name(),
@@ -552,7 +623,8 @@ impl OAuthService {
             }
             Err(e) => log_refusal(flow, extension.as_deref(), e),
         }
-        result
+        let back = pending.redirect_target.filter(|t| is_local_path(t));
+        result.map(|completed| Finished { completed, back })
     }
 
     async fn complete(
@@ -567,6 +639,9 @@ impl OAuthService {
             }
             (Step::Exchange { code }, OAuthPurpose::PairExtension { extension }) => {
                 self.complete_pairing(pending, extension, &code).await
+            }
+            (Step::Exchange { code }, OAuthPurpose::UserSignIn) => {
+                self.complete_user_sign_in(pending, &code).await
             }
             (Step::Exchange { .. }, OAuthPurpose::AdminConsent) => {
                 Err(WebError::BadCallback("a code for an admin consent request"))
@@ -673,6 +748,41 @@ impl OAuthService {
         })
     }
 
+    async fn complete_user_sign_in(
+        &self,
+        pending: &OAuthState,
+        code: &Secret<String>,
+    ) -> Result<Completed, WebError> {
+        let (_tokens, claims, _) = self.sign_in(pending, code, SIGN_IN_SCOPES).await?;
+        let account = claims.account().to_owned();
+        let mut entry = None;
+        for email in [
+            claims.preferred_username.as_deref(),
+            claims.email.as_deref(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            entry = self.store().extension_by_email(email)?;
+            if entry.is_some() {
+                break;
+            }
+        }
+        let entry = entry.ok_or_else(|| WebError::NoExtensionFor(account.clone()))?;
+        let secret = self
+            .portal_sessions()
+            .issue(Who::User {
+                extension: entry.extension.clone(),
+                account: account.clone(),
+            })
+            .map_err(random_error)?;
+        Ok(Completed::UserSignedIn {
+            extension: entry.extension,
+            account,
+            secret: Secret::new(secret),
+        })
+    }
+
     /// Unpairs `extension`: clearPresence of the app's session with the user's own
     /// token (best effort), then deletes the token and forgets the pairing cookies.
     /// Access is the caller's business (the route checks the policies).
@@ -730,8 +840,44 @@ impl OAuthService {
     // ---------------------------------------------------------------------------------
     // pages
 
+    /// The completion page, or a 303 back to the portal page the flow started from
+    /// (cookies kept).
+    fn finished_page(&self, finished: &Finished) -> Response {
+        let page = self.completed_page(&finished.completed);
+        let Some(back) = &finished.back else {
+            return page;
+        };
+        let mut response = pages::see_other(&self.url(back));
+        for cookie in page.headers().get_all(header::SET_COOKIE) {
+            response
+                .headers_mut()
+                .append(header::SET_COOKIE, cookie.clone());
+        }
+        response
+    }
+
     fn completed_page(&self, done: &Completed) -> Response {
         match done {
+            Completed::UserSignedIn {
+                extension,
+                account,
+                secret,
+            } => {
+                let mut response = Page::new("Signed in")
+                    .text_with_id(
+                        "result",
+                        &format!("{account} signed in for extension {extension}."),
+                    )
+                    .link(&self.url("/user"), "Continue")
+                    .respond(StatusCode::OK);
+                let cookie = self.portal_sessions().set_cookie(
+                    secret.expose(),
+                    &self.session_cookie_path(),
+                    self.secure_cookies(),
+                );
+                set_cookie(&mut response, &cookie);
+                response
+            }
             Completed::AdminConsent { tenant_id } => Page::new("Admin consent recorded")
                 .text_with_id(
                     "result",
@@ -820,9 +966,19 @@ impl OAuthService {
         self.url(&format!("/oauth/pair/{}", segment(extension)))
     }
 
+    /// The path of the portal's session cookie: the whole site under the base path.
+    pub fn session_cookie_path(&self) -> String {
+        format!("{}/", self.public_path())
+    }
+
     fn cookie_path(&self) -> String {
         format!("{}{COOKIE_PATH}", self.public_path())
     }
+}
+
+/// Whether `target` is a path on this site (`/x`, never `//host` or a URL).
+fn is_local_path(target: &str) -> bool {
+    target.starts_with('/') && !target.starts_with("//") && !target.contains(['\\', '\r', '\n'])
 }
 
 /// The UPN (`preferred_username`), else the email, to record as the token's subject.

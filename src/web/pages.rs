@@ -105,6 +105,15 @@ pub(super) fn redirect(location: &str) -> Response {
     }
 }
 
+/// A 303 (See Other) to `location`: after a form's POST, or back to the portal.
+pub(super) fn see_other(location: &str) -> Response {
+    let mut response = redirect(location);
+    if response.status() == StatusCode::FOUND {
+        *response.status_mut() = StatusCode::SEE_OTHER;
+    }
+    response
+}
+
 /// Adds the headers every response of the OAuth routes carries.
 pub(super) fn secure_headers(mut response: Response) -> Response {
     let headers = response.headers_mut();
