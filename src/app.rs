@@ -162,6 +162,16 @@ pub async fn start_teams(
     phone_events: tokio::sync::broadcast::Receiver<ObserveEvent>,
     control: RuntimeControl,
 ) -> Result<Option<TeamsSide>, AppError> {
+    start_teams_with(config, phone_events, control, None).await
+}
+
+/// [`start_teams`], with `extra` routes served beside the portal (the demo's page).
+pub async fn start_teams_with(
+    config: &Config,
+    phone_events: tokio::sync::broadcast::Receiver<ObserveEvent>,
+    control: RuntimeControl,
+    extra: Option<axum::Router>,
+) -> Result<Option<TeamsSide>, AppError> {
     let Some(graph_settings) = &config.graph else {
         return Ok(None);
     };
@@ -227,6 +237,9 @@ pub async fn start_teams(
             };
             let portal = portal_options(settings, &store)?;
             let mut router = web_router(&public, settings, &graph, status, portal)?;
+            if let Some(extra) = extra {
+                router = router.merge(extra);
+            }
             if let Some(receiver) = receiver {
                 router = router.merge(notification_routes(receiver));
             }
@@ -374,69 +387,108 @@ async fn metrics_response(source: &StatusSource, graph: &GraphClient) -> axum::r
         .into_response()
 }
 
-/// Runs the whole product until SIGINT/SIGTERM: the proxy on this (single-threaded)
-/// runtime, the Teams side on a thread and runtime of its own.
-pub async fn run(config: &Config) -> Result<(), AppError> {
-    let handle = crate::runtime::start(config).await?;
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let teams_thread = if config.graph.is_some() {
-        let config = config.clone();
-        let phone_events = handle.phone_events();
-        let control = handle.control();
-        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-        let thread = std::thread::Builder::new()
-            .name("teams".into())
-            .spawn(move || {
-                let runtime = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(runtime) => runtime,
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(AppError::Start(format!(
-                            "cannot start the Teams runtime: {e}"
-                        ))));
-                        return;
-                    }
-                };
-                runtime.block_on(async move {
-                    let mut stop_rx = stop_rx;
-                    match start_teams(&config, phone_events, control).await {
-                        Ok(side) => {
-                            let _ = ready_tx.send(Ok(()));
-                            let _ = stop_rx.wait_for(|stop| *stop).await;
-                            if let Some(side) = side {
-                                side.shutdown().await;
-                            }
-                        }
-                        Err(e) => {
-                            let _ = ready_tx.send(Err(e));
-                        }
-                    }
-                });
-            })
-            .map_err(|e| AppError::Start(format!("cannot start the Teams thread: {e}")))?;
-        match ready_rx.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                handle.shutdown().await;
-                return Err(e);
-            }
-            Err(_) => {
-                handle.shutdown().await;
-                return Err(AppError::Start("the Teams thread stopped".into()));
-            }
+/// The whole product, running: the proxy on the runtime that started it, the Teams
+/// side (when configured) on a thread and runtime of its own.
+#[derive(Debug)]
+pub struct App {
+    /// The proxy.
+    pub proxy: crate::runtime::RuntimeHandle,
+    /// Where the web listener listens.
+    pub web_addr: Option<SocketAddr>,
+    stop: tokio::sync::watch::Sender<bool>,
+    teams_thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl App {
+    /// Stops the Teams side, then lets the proxy finish its open transactions.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        if let Some(thread) = self.teams_thread {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }
-        Some(thread)
-    } else {
-        None
+        self.proxy.shutdown().await;
+    }
+}
+
+/// Starts the whole product of `config`; `extra` routes are served beside the portal.
+pub async fn start(config: &Config, extra: Option<axum::Router>) -> Result<App, AppError> {
+    let proxy = crate::runtime::start(config).await?;
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    if config.graph.is_none() {
+        return Ok(App {
+            proxy,
+            web_addr: None,
+            stop,
+            teams_thread: None,
+        });
+    }
+    let teams_config = config.clone();
+    let phone_events = proxy.phone_events();
+    let control = proxy.control();
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let spawned = std::thread::Builder::new()
+        .name("teams".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(AppError::Start(format!(
+                        "cannot start the Teams runtime: {e}"
+                    ))));
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                let mut stop_rx = stop_rx;
+                match start_teams_with(&teams_config, phone_events, control, extra).await {
+                    Ok(side) => {
+                        let _ = ready_tx.send(Ok(side.as_ref().and_then(|s| s.web_addr)));
+                        let _ = stop_rx.wait_for(|stop| *stop).await;
+                        if let Some(side) = side {
+                            side.shutdown().await;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                    }
+                }
+            });
+        });
+    let thread = match spawned {
+        Ok(thread) => thread,
+        Err(e) => {
+            proxy.shutdown().await;
+            return Err(AppError::Start(format!(
+                "cannot start the Teams thread: {e}"
+            )));
+        }
     };
+    match ready_rx.await {
+        Ok(Ok(web_addr)) => Ok(App {
+            proxy,
+            web_addr,
+            stop,
+            teams_thread: Some(thread),
+        }),
+        Ok(Err(e)) => {
+            proxy.shutdown().await;
+            Err(e)
+        }
+        Err(_) => {
+            proxy.shutdown().await;
+            Err(AppError::Start("the Teams thread stopped".into()))
+        }
+    }
+}
+
+/// Runs the whole product until SIGINT/SIGTERM.
+pub async fn run(config: &Config) -> Result<(), AppError> {
+    let app = start(config, None).await?;
     crate::runtime::shutdown_signal().await;
     info!("shutting down: finishing open transactions");
-    let _ = stop_tx.send(true);
-    handle.shutdown().await;
-    if let Some(thread) = teams_thread {
-        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
-    }
+    app.shutdown().await;
     Ok(())
 }

@@ -33,10 +33,15 @@ enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
-    /// Show the product on this machine: the proxy on loopback with a PBX stand-in and
-    /// a scripted phone that registers, calls out and is called back; then keeps the
-    /// proxy running for real phones until Ctrl-C.
-    Demo,
+    /// Show the whole product on this machine, nothing to configure: the proxy, a PBX
+    /// stand-in, simulated desk phones with BLF lamps, the Graph emulator as Microsoft
+    /// Teams, and the portal (its address and admin password are printed); runs until
+    /// Ctrl-C.
+    Demo {
+        /// Listen on free ports instead of 127.0.0.1:5060, 5070, 8080 and 8400.
+        #[arg(long)]
+        ephemeral_ports: bool,
+    },
     /// Load and validate a configuration file; print a summary, or the error with its
     /// file, line and key. Exits 0 when the file is valid, 1 otherwise.
     CheckConfig {
@@ -76,7 +81,7 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         }
-        Command::Demo => presence_proxy::demo::demo(),
+        Command::Demo { ephemeral_ports } => presence_proxy::demo::demo(ephemeral_ports),
         Command::HashPassword => hash_password(),
         Command::GraphEmulator { listen, seed } => {
             presence_proxy::emulator::run_cli(listen, seed.as_deref())

@@ -11,122 +11,12 @@ mod e2e_support;
 mod emulator_support;
 mod portal_support;
 
-use std::sync::OnceLock;
-
-use emulator_support::Env;
-use portal_support::{ADMIN_PASSWORD, PortalClient, Reply, admin_password_hash};
-use presence_proxy::app::{self, TeamsSide};
-use presence_proxy::config::Config;
-use presence_proxy::emulator::{CONTOSO_CLIENT_ID, CONTOSO_CLIENT_SECRET};
-use presence_proxy::runtime::{self, RuntimeHandle};
+use portal_support::{ADMIN_PASSWORD, API_TOKEN, PortalClient, Reply};
 use presence_proxy::store::TokenKey;
 use reqwest::StatusCode;
-use serde_json::json;
 
-const API_TOKEN: &str = "monitoring-token-3f9a";
-
-fn hash() -> &'static str {
-    static HASH: OnceLock<String> = OnceLock::new();
-    HASH.get_or_init(admin_password_hash)
-}
-
-struct Product {
-    env: Env,
-    proxy: RuntimeHandle,
-    teams: TeamsSide,
-    web: String,
-    _dir: tempfile::TempDir,
-}
-
-async fn start() -> Product {
-    e2e_support::init_tracing();
-    let env = emulator_support::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("api-token.txt"), format!("{API_TOKEN}\n")).unwrap();
-    let toml = format!(
-        r#"
-[listen]
-udp = ["127.0.0.1:5060"]
-
-[pbx]
-host = "127.0.0.1"
-port = {pbx_port}
-transport = "udp"
-
-[graph]
-tenant = "contoso.example"
-client_id = "{CONTOSO_CLIENT_ID}"
-client_secret = "{CONTOSO_CLIENT_SECRET}"
-login_base = "{login}"
-graph_base = "{graph}"
-
-[web]
-listen = "127.0.0.1:0"
-admin_password_hash = "{hash}"
-api_token_file = "api-token.txt"
-
-[directory]
-"201" = "bob@contoso.example"
-"202" = "carol@contoso.example"
-"#,
-        pbx_port = e2e_support::free_port(),
-        login = env.emu.login_url(),
-        graph = env.emu.graph_url(),
-        hash = hash(),
-    );
-    let file = dir.path().join("presence-proxy.toml");
-    std::fs::write(&file, &toml).unwrap();
-    let mut config = Config::load(&file).unwrap();
-    config.listen.udp = vec!["127.0.0.1:0".parse().unwrap()];
-    let proxy = runtime::start(&config).await.unwrap();
-    let teams = app::start_teams(&config, proxy.phone_events(), proxy.control())
-        .await
-        .unwrap()
-        .unwrap();
-    let web = format!("http://{}", teams.web_addr.unwrap());
-    let (status, _) = env
-        .control_json(
-            reqwest::Method::POST,
-            "/app/redirect-uris",
-            Some(json!({ "uri": format!("{web}/oauth/callback") })),
-        )
-        .await;
-    assert!(status < 300);
-    Product {
-        env,
-        proxy,
-        teams,
-        web,
-        _dir: dir,
-    }
-}
-
-impl Product {
-    async fn stop(self) {
-        self.teams.shutdown().await;
-        self.proxy.shutdown().await;
-    }
-
-    async fn admin(&self) -> PortalClient {
-        let mut admin = PortalClient::new(&self.web);
-        let reply = admin.admin_login(ADMIN_PASSWORD).await;
-        assert_eq!(reply.status, StatusCode::SEE_OTHER, "{}", reply.body);
-        admin
-    }
-
-    /// A user signed in with Microsoft as `upn`.
-    async fn user(&self, upn: &str) -> (PortalClient, Reply) {
-        let mut user = PortalClient::new(&self.web);
-        let to_emulator = user.get("/user/sign-in").await;
-        assert_eq!(to_emulator.status, StatusCode::FOUND);
-        let back = user
-            .through_emulator(
-                &to_emulator.location.unwrap(),
-                &format!("emulator_user={upn}"),
-            )
-            .await;
-        (user, back)
-    }
+async fn start() -> portal_support::Product {
+    portal_support::start_product(e2e_support::free_port()).await
 }
 
 fn refused_page(reply: &Reply, what: &str) {

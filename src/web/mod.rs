@@ -72,7 +72,7 @@ pub use oauth::{
     check_pairing_account, consent_tenant, expected_tenant, is_guid, next_step,
     parse_callback_query,
 };
-pub use pages::{Page, escape};
+pub use pages::{Page, escape, see_other};
 pub use password::{
     PasswordError, check_password_hash, hash_password, random_password, verify_password,
 };

@@ -106,7 +106,7 @@ pub(super) fn redirect(location: &str) -> Response {
 }
 
 /// A 303 (See Other) to `location`: after a form's POST, or back to the portal.
-pub(super) fn see_other(location: &str) -> Response {
+pub fn see_other(location: &str) -> Response {
     let mut response = redirect(location);
     if response.status() == StatusCode::FOUND {
         *response.status_mut() = StatusCode::SEE_OTHER;

@@ -11,9 +11,17 @@
 )]
 
 use std::collections::BTreeMap;
+use std::sync::OnceLock;
 
+use presence_proxy::app::{self, TeamsSide};
+use presence_proxy::config::Config;
+use presence_proxy::emulator::{CONTOSO_CLIENT_ID, CONTOSO_CLIENT_SECRET};
+use presence_proxy::runtime::{self, RuntimeHandle};
 use reqwest::StatusCode;
 use reqwest::header::{COOKIE, LOCATION, SET_COOKIE};
+use serde_json::json;
+
+use crate::emulator_support::Env;
 
 /// The portal test password and its hash (hashing is slow in debug builds: once).
 pub const ADMIN_PASSWORD: &str = "correct horse battery staple";
@@ -194,4 +202,111 @@ pub fn field(html: &str, name: &str) -> String {
         + marker.len();
     let end = html[start..].find('"').unwrap() + start;
     html[start..end].to_owned()
+}
+
+pub const API_TOKEN: &str = "monitoring-token-3f9a";
+
+fn hash() -> &'static str {
+    static HASH: OnceLock<String> = OnceLock::new();
+    HASH.get_or_init(admin_password_hash)
+}
+
+pub struct Product {
+    pub env: Env,
+    pub proxy: RuntimeHandle,
+    pub teams: TeamsSide,
+    pub web: String,
+    _dir: tempfile::TempDir,
+}
+
+/// The product of one configuration file on free ports, Graph by the emulator, the
+/// PBX expected at udp 127.0.0.1:`pbx_port`; 201 is bob, 202 is carol.
+pub async fn start_product(pbx_port: u16) -> Product {
+    crate::e2e_support::init_tracing();
+    let env = crate::emulator_support::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("api-token.txt"), format!("{API_TOKEN}\n")).unwrap();
+    let toml = format!(
+        r#"
+[listen]
+udp = ["127.0.0.1:5060"]
+
+[pbx]
+host = "127.0.0.1"
+port = {pbx_port}
+transport = "udp"
+
+[graph]
+tenant = "contoso.example"
+client_id = "{CONTOSO_CLIENT_ID}"
+client_secret = "{CONTOSO_CLIENT_SECRET}"
+login_base = "{login}"
+graph_base = "{graph}"
+
+[web]
+listen = "127.0.0.1:0"
+admin_password_hash = "{hash}"
+api_token_file = "api-token.txt"
+
+[directory]
+"201" = "bob@contoso.example"
+"202" = "carol@contoso.example"
+"#,
+        login = env.emu.login_url(),
+        graph = env.emu.graph_url(),
+        hash = hash(),
+    );
+    let file = dir.path().join("presence-proxy.toml");
+    std::fs::write(&file, &toml).unwrap();
+    let mut config = Config::load(&file).unwrap();
+    config.listen.udp = vec!["127.0.0.1:0".parse().unwrap()];
+    let proxy = runtime::start(&config).await.unwrap();
+    let teams = app::start_teams(&config, proxy.phone_events(), proxy.control())
+        .await
+        .unwrap()
+        .unwrap();
+    let web = format!("http://{}", teams.web_addr.unwrap());
+    let (status, _) = env
+        .control_json(
+            reqwest::Method::POST,
+            "/app/redirect-uris",
+            Some(json!({ "uri": format!("{web}/oauth/callback") })),
+        )
+        .await;
+    assert!(status < 300);
+    Product {
+        env,
+        proxy,
+        teams,
+        web,
+        _dir: dir,
+    }
+}
+
+impl Product {
+    pub async fn stop(self) {
+        self.teams.shutdown().await;
+        self.proxy.shutdown().await;
+    }
+
+    pub async fn admin(&self) -> PortalClient {
+        let mut admin = PortalClient::new(&self.web);
+        let reply = admin.admin_login(ADMIN_PASSWORD).await;
+        assert_eq!(reply.status, StatusCode::SEE_OTHER, "{}", reply.body);
+        admin
+    }
+
+    /// A user signed in with Microsoft as `upn`.
+    pub async fn user(&self, upn: &str) -> (PortalClient, Reply) {
+        let mut user = PortalClient::new(&self.web);
+        let to_emulator = user.get("/user/sign-in").await;
+        assert_eq!(to_emulator.status, StatusCode::FOUND);
+        let back = user
+            .through_emulator(
+                &to_emulator.location.unwrap(),
+                &format!("emulator_user={upn}"),
+            )
+            .await;
+        (user, back)
+    }
 }

@@ -120,10 +120,28 @@ async fn home(State(portal): State<Portal>) -> Response {
     portal.see_other("/admin/teams")
 }
 
-fn login_form(portal: &Portal, status: StatusCode, error: Option<&str>) -> Response {
-    let token = match random_token(&ring::rand::SystemRandom::new()) {
-        Ok(t) => t,
-        Err(_) => return store_failed(portal, "random generator"),
+/// The sign-in form. Its token is the browser's `pp_login` cookie when it has a
+/// well-formed one (several tabs, a reload), else a new one.
+fn login_form(
+    portal: &Portal,
+    headers: &HeaderMap,
+    status: StatusCode,
+    error: Option<&str>,
+) -> Response {
+    let existing = cookie_values(headers, LOGIN_COOKIE)
+        .into_iter()
+        .find(|c| {
+            c.len() == 43
+                && c.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+        .map(str::to_owned);
+    let token = match existing {
+        Some(t) => t,
+        None => match random_token(&ring::rand::SystemRandom::new()) {
+            Ok(t) => t,
+            Err(_) => return store_failed(portal, "random generator"),
+        },
     };
     let notice = error
         .map(|e| format!("<p id=\"error\" class=\"notice error\">{}</p>", escape(e)))
@@ -157,7 +175,7 @@ async fn login_page(State(portal): State<Portal>, headers: HeaderMap) -> Respons
     if portal.admin_session(&headers).is_some() {
         return portal.see_other("/admin/teams");
     }
-    login_form(&portal, StatusCode::OK, None)
+    login_form(&portal, &headers, StatusCode::OK, None)
 }
 
 async fn login(
@@ -170,6 +188,7 @@ async fn login(
         tracing::warn!(%peer, outcome = "rate_limited", "admin sign-in refused");
         return login_form(
             &portal,
+            &headers,
             StatusCode::TOO_MANY_REQUESTS,
             Some(&format!(
                 "Too many wrong passwords from this address. Try again in {} s.",
@@ -182,9 +201,16 @@ async fn login(
         .into_iter()
         .any(|c| !given.is_empty() && constant_time_eq(c.as_bytes(), given.as_bytes()));
     if !cookie_ok || !crate::web::same_origin(&headers, portal.service().public_origin()) {
-        tracing::warn!(%peer, outcome = "csrf", "admin sign-in refused");
+        tracing::warn!(
+            %peer,
+            outcome = "csrf",
+            has_cookie = !cookie_values(&headers, LOGIN_COOKIE).is_empty(),
+            origin = ?headers.get(header::ORIGIN),
+            "admin sign-in refused"
+        );
         return login_form(
             &portal,
+            &headers,
             StatusCode::FORBIDDEN,
             Some("The sign-in form expired. Try again."),
         );
@@ -198,7 +224,12 @@ async fn login(
     if !matches {
         portal.inner.limiter.failed(peer);
         tracing::warn!(%peer, outcome = "wrong_password", "admin sign-in refused");
-        return login_form(&portal, StatusCode::UNAUTHORIZED, Some("Wrong password."));
+        return login_form(
+            &portal,
+            &headers,
+            StatusCode::UNAUTHORIZED,
+            Some("Wrong password."),
+        );
     }
     portal.inner.limiter.succeeded(peer);
     let secret = match portal.sessions().issue(Who::Admin) {

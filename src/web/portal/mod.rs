@@ -182,17 +182,11 @@ impl Portal {
 
     /// A page with `title`, `nav` and `body` (HTML already escaped where needed).
     fn page(&self, status: StatusCode, title: &str, nav: &Nav<'_>, body: &str) -> Response {
-        let nav_html = nav.html(self);
-        let html = format!(
-            "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
-             <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n\
-             <title>{title} · presence-proxy</title>\n\
-             <link rel=\"stylesheet\" href=\"{css}\">\n<script src=\"{js}\" defer></script>\n\
-             </head>\n<body>\n<header><span class=\"brand\">presence-proxy</span>{nav_html}</header>\n\
-             <main>\n<h1>{title}</h1>\n{body}</main>\n</body>\n</html>\n",
-            title = escape(title),
-            css = escape(&self.url("/portal.css")),
-            js = escape(&self.url("/portal.js")),
+        let html = document(
+            self.inner.service.public_base(),
+            title,
+            &nav.html(self),
+            body,
         );
         self.secure((status, Html(html)).into_response())
     }
@@ -211,13 +205,16 @@ impl Portal {
         )
     }
 
-    /// The headers every portal response carries.
+    /// The headers every portal response carries. The referrer policy is
+    /// `same-origin`: nothing leaks to other sites, and the browser's `Origin` on the
+    /// portal's own form posts stays a real origin (with `no-referrer` Chromium sends
+    /// `Origin: null`, which the origin check refuses).
     fn secure(&self, mut response: Response) -> Response {
         let headers = response.headers_mut();
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         headers.insert(
             header::REFERRER_POLICY,
-            HeaderValue::from_static("no-referrer"),
+            HeaderValue::from_static("same-origin"),
         );
         headers.insert(
             header::X_CONTENT_TYPE_OPTIONS,
@@ -286,6 +283,46 @@ impl Nav<'_> {
             Nav::User { csrf } => format!("<nav></nav>{}", sign_out("/user/sign-out", csrf)),
         }
     }
+}
+
+/// A whole portal document: the stylesheet and script of the portal under `base`, a
+/// header with `nav_html`, an `<h1>` of `title` and `body` (HTML; the caller escapes).
+fn document(base: &str, title: &str, nav_html: &str, body: &str) -> String {
+    format!(
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n\
+         <title>{title} · presence-proxy</title>\n\
+         <link rel=\"stylesheet\" href=\"{css}\">\n<script src=\"{js}\" defer></script>\n\
+         </head>\n<body>\n<header><span class=\"brand\">presence-proxy</span>{nav_html}</header>\n\
+         <main>\n<h1>{title}</h1>\n{body}</main>\n</body>\n</html>\n",
+        title = escape(title),
+        css = escape(&format!("{base}/portal.css")),
+        js = escape(&format!("{base}/portal.js")),
+    )
+}
+
+/// A page in the portal's look for pages served beside it (the demo's): `body` is HTML
+/// the caller escaped. Scripts, styles and forms are limited to this origin.
+pub fn standalone_page(public_base: &str, title: &str, nav_html: &str, body: &str) -> Response {
+    let mut response = (
+        StatusCode::OK,
+        Html(document(public_base, title, nav_html, body)),
+    )
+        .into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; \
+             form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+        ),
+    );
+    response
 }
 
 /// A hidden CSRF field for `session`'s forms.
