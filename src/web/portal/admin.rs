@@ -61,15 +61,15 @@ fn require_admin(
     portal: &Portal,
     headers: &HeaderMap,
     page: bool,
-) -> Result<SessionView, Response> {
+) -> Result<SessionView, Box<Response>> {
     match portal.admin_session(headers) {
         Some(session) => Ok(session),
-        None if page => Err(portal.see_other("/admin/login")),
-        None => Err(portal.refusal(
+        None if page => Err(Box::new(portal.see_other("/admin/login"))),
+        None => Err(Box::new(portal.refusal(
             StatusCode::FORBIDDEN,
             "Not signed in",
             "Sign in as the administrator first.",
-        )),
+        ))),
     }
 }
 
@@ -78,7 +78,7 @@ fn admin_form(
     portal: &Portal,
     headers: &HeaderMap,
     form: &HashMap<String, String>,
-) -> Result<SessionView, Response> {
+) -> Result<SessionView, Box<Response>> {
     let session = require_admin(portal, headers, false)?;
     portal.check_form(&session, headers, form.get("csrf").map(String::as_str))?;
     Ok(session)
@@ -256,7 +256,7 @@ async fn logout(
 ) -> Response {
     let session = match admin_form(&portal, &headers, &form) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     drop(session);
     portal.sessions().end(&headers);
@@ -300,7 +300,7 @@ async fn teams_page(
 ) -> Response {
     let session = match require_admin(&portal, &headers, true) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let read = blocking(&portal.status().store, |store| {
         let domain = store
@@ -400,7 +400,7 @@ async fn save_teams(
     Form(form): FormData,
 ) -> Response {
     if let Err(r) = admin_form(&portal, &headers, &form) {
-        return r;
+        return *r;
     }
     let switch = form.get("pbx_to_teams").is_some_and(|v| v == "on");
     let scope = match form.get("scope").map(String::as_str) {
@@ -439,7 +439,7 @@ async fn admin_grant(
     Form(form): FormData,
 ) -> Response {
     if let Err(r) = admin_form(&portal, &headers, &form) {
-        return r;
+        return *r;
     }
     match portal
         .service()
@@ -456,7 +456,7 @@ async fn get_oauth_token(
     Form(form): FormData,
 ) -> Response {
     if let Err(r) = admin_form(&portal, &headers, &form) {
-        return r;
+        return *r;
     }
     match portal
         .service()
@@ -477,7 +477,7 @@ async fn directory_page(
 ) -> Response {
     let session = match require_admin(&portal, &headers, true) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     render_directory(&portal, &session, &query, StatusCode::OK, None, None).await
 }
@@ -583,7 +583,7 @@ async fn save_extension(
 ) -> Response {
     let session = match admin_form(&portal, &headers, &form) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let extension = form.get("extension").map_or("", |e| e.trim()).to_owned();
     let email = form.get("email").map_or("", |e| e.trim()).to_owned();
@@ -618,7 +618,7 @@ async fn delete_extension(
     Form(form): FormData,
 ) -> Response {
     if let Err(r) = admin_form(&portal, &headers, &form) {
-        return r;
+        return *r;
     }
     let extension = form.get("extension").cloned().unwrap_or_default();
     let ext = extension.clone();
@@ -643,7 +643,7 @@ async fn import_csv(
 ) -> Response {
     let session = match admin_form(&portal, &headers, &form) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let csv = form.get("csv").cloned().unwrap_or_default();
     let data = csv.clone().into_bytes();
@@ -685,7 +685,7 @@ async fn import_csv(
 async fn status_page(State(portal): State<Portal>, headers: HeaderMap) -> Response {
     let session = match require_admin(&portal, &headers, true) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let rows = match portal.status().extensions().await {
         Ok(rows) => rows,

@@ -160,22 +160,22 @@ impl Portal {
         session: &SessionView,
         headers: &HeaderMap,
         csrf: Option<&str>,
-    ) -> Result<(), Response> {
+    ) -> Result<(), Box<Response>> {
         if !same_origin(headers, self.inner.service.public_origin()) {
             tracing::warn!(outcome = "cross_site", "portal form refused");
-            return Err(self.refusal(
+            return Err(Box::new(self.refusal(
                 StatusCode::FORBIDDEN,
                 "Not allowed",
                 "This form was sent from another site.",
-            ));
+            )));
         }
         if !csrf.is_some_and(|t| session.csrf_matches(t)) {
             tracing::warn!(outcome = "csrf", "portal form refused");
-            return Err(self.refusal(
+            return Err(Box::new(self.refusal(
                 StatusCode::FORBIDDEN,
                 "Form expired",
                 "This form is not from your current sign-in (its CSRF token is missing or wrong). Reload the page and try again.",
-            ));
+            )));
         }
         Ok(())
     }

@@ -81,13 +81,13 @@ fn user_form(
     portal: &Portal,
     headers: &HeaderMap,
     form: &HashMap<String, String>,
-) -> Result<SessionView, Response> {
+) -> Result<SessionView, Box<Response>> {
     let Some(session) = portal.user_session(headers) else {
-        return Err(portal.refusal(
+        return Err(Box::new(portal.refusal(
             StatusCode::FORBIDDEN,
             "Not signed in",
             "Sign in with your Microsoft account first.",
-        ));
+        )));
     };
     portal.check_form(&session, headers, form.get("csrf").map(String::as_str))?;
     Ok(session)
@@ -157,7 +157,7 @@ async fn sign_in(State(portal): State<Portal>) -> Response {
 async fn pair(State(portal): State<Portal>, headers: HeaderMap, Form(form): FormData) -> Response {
     let session = match user_form(&portal, &headers, &form) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let Some(extension) = session.extension() else {
         return WebError::Forbidden.respond();
@@ -181,7 +181,7 @@ async fn unpair(
 ) -> Response {
     let session = match user_form(&portal, &headers, &form) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let Some(extension) = session.extension() else {
         return WebError::Forbidden.respond();
@@ -206,7 +206,7 @@ async fn sign_out(
     Form(form): FormData,
 ) -> Response {
     if let Err(r) = user_form(&portal, &headers, &form) {
-        return r;
+        return *r;
     }
     portal.sessions().end(&headers);
     let mut response = portal.see_other("/user");
