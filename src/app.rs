@@ -374,9 +374,13 @@ pub fn web_router(
 /// the Prometheus text format.
 async fn metrics_response(source: &StatusSource, graph: &GraphClient) -> axum::response::Response {
     use axum::response::IntoResponse;
-    // PENDING-METRICS: wired when the metrics module lands
-    let _ = (source, graph);
-    let body = String::new();
+    let proxy = match &source.control {
+        Some(control) => control.metrics().await,
+        None => None,
+    };
+    let graph = graph.metrics();
+    let sync = source.sync.as_ref().map(|s| s.metrics());
+    let body = crate::metrics::render(proxy.as_ref(), Some(&graph), sync.as_ref());
     (
         [(
             axum::http::header::CONTENT_TYPE,

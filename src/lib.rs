@@ -34,6 +34,7 @@ pub mod emulator;
 pub mod fuzzing;
 pub mod graph;
 pub mod inspect;
+pub mod metrics;
 pub mod observe;
 pub mod proxy;
 pub mod runtime;

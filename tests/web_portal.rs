@@ -116,6 +116,22 @@ async fn every_admin_page_action_and_api_refuses_without_a_session() {
     let (status, _) = anonymous.get_bearer("/api/actions", API_TOKEN).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 
+    // metrics and health need no session
+    let metrics = anonymous.get("/metrics").await;
+    assert_eq!(metrics.status, StatusCode::OK);
+    for family in [
+        "presence_proxy_sip_messages_received_total",
+        "presence_proxy_graph_requests_total",
+        "presence_proxy_sync_lag_seconds_bucket",
+    ] {
+        assert!(
+            metrics.body.contains(family),
+            "{family} in {}",
+            metrics.body
+        );
+    }
+    assert_eq!(anonymous.get("/healthz").await.body, "ok\n");
+
     // a user's session is not the admin's
     let (mut bob, _) = product.user("bob@contoso.example").await;
     refused_page(&bob.get("/admin/teams").await, "a user on /admin/teams");

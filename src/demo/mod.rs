@@ -1,371 +1,448 @@
-//! `presence-proxy demo`: the proxy on loopback with an embedded configuration, a small
-//! PBX stand-in behind it, and one scripted phone in front of it. The phone registers,
-//! calls out, is called back and dials `*78`, every message crossing the proxy. A
-//! transcript shows what each side saw and what the proxy observed of extension 201
-//! (its external calls and DND); then the proxy keeps running for real phones or SIPp
-//! until Ctrl-C, printing what it observes.
+//! `presence-proxy demo`: the whole product on one machine, one command, nothing to
+//! configure. Everything listens on loopback:
+//!
+//! ```text
+//!  simulated phones 201 202 203 ──udp──▶ presence-proxy ──udp──▶ PBX stand-in
+//!   (register, BLF, calls)                 │  ▲                  (registrar, calls,
+//!                                          │  │ presence          dialog-info)
+//!                                          ▼  │
+//!                                    Graph emulator (Teams)  ◀── portal + /demo page
+//! ```
+//!
+//! It starts the Graph emulator (tenant contoso with alice, bob, carol and dave), the PBX
+//! stand-in ([`pbx`]), the product itself ([`crate::app::start`]: proxy, store in a
+//! fresh data directory, sync engine, portal) with a random admin password, then does
+//! through the real web flows what an admin and the users would do ([`setup`]):
+//! Admin Grant, Get OAuth Token, and every user signs in and pairs. Then the phones
+//! ([`phones`]) register through the proxy and watch each other's lamps, and Alice's
+//! phone places an external call, which Teams shows as Busy / In a call. It prints the
+//! portal's address and the admin password, and runs until Ctrl-C. The demo page
+//! ([`page`]) shows phones, lamps and Teams, and lets the visitor place calls and put
+//! users in Teams calls.
 
 pub mod pbx;
 pub mod phones;
+pub(crate) mod ua;
+
+mod page;
+mod setup;
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use tokio::net::UdpSocket;
-use tokio::sync::broadcast;
-
+use crate::app::{self, App, AppError};
 use crate::config::Config;
-use crate::observe::ObserveEvent;
-use crate::runtime;
-use crate::sip::build::ResponseBuilder;
-use crate::sip::{HeaderName, Message, Method};
+use crate::emulator::{CONTOSO_CLIENT_ID, CONTOSO_CLIENT_SECRET, Emulator, EmulatorConfig};
 use crate::transport::Transport;
 
-/// The demo's configuration: phones on udp/tcp 127.0.0.1:5060, the PBX stand-in on
-/// udp 127.0.0.1:5070 (the same as `config/loopback.toml`).
-pub const DEMO_CONFIG: &str = include_str!("../../config/loopback.toml");
+pub use page::DemoUser;
+use pbx::{PbxHandle, PbxOptions, PbxStandIn};
+use phones::{CallView, Phone, PhoneHandle, PhoneOptions};
+
+/// The number the demo's scripted call and "Call outside" buttons dial.
+pub const EXTERNAL_NUMBER: &str = "004930123456";
+
+/// The demo's users: their extensions, Teams accounts and names.
+pub const USERS: [DemoUser; 3] = [
+    DemoUser {
+        ext: "201",
+        upn: "alice@contoso.example",
+        name: "Alice Wong",
+    },
+    DemoUser {
+        ext: "202",
+        upn: "bob@contoso.example",
+        name: "Bob Martin",
+    },
+    DemoUser {
+        ext: "203",
+        upn: "carol@contoso.example",
+        name: "Carol Diaz",
+    },
+];
+
+/// The tenant admin who gets the domain token.
+const ADMIN_UPN: &str = "dave@contoso.example";
+
+/// How long the demo waits for each scripted step.
+const STEP_DEADLINE: Duration = Duration::from_secs(20);
+
+/// The fixed loopback ports of the demo (the proxy's are those of
+/// `config/loopback.toml`).
+const FIXED_PORTS: Ports = Ports {
+    proxy: 5060,
+    pbx: 5070,
+    web: 8080,
+    emulator: 8400,
+};
+
+#[derive(Debug, Clone, Copy)]
+struct Ports {
+    proxy: u16,
+    pbx: u16,
+    web: u16,
+    emulator: u16,
+}
 
 /// Why the demo stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
-    /// The embedded configuration did not load.
+    /// The generated configuration did not load.
     #[error("{0}")]
     Config(#[from] crate::config::ConfigError),
-    /// The proxy could not start.
+    /// The product could not start.
     #[error("{0}")]
-    Runtime(#[from] runtime::RuntimeError),
-    /// A demo socket failed.
-    #[error("demo socket: {0}")]
+    App(#[from] AppError),
+    /// The Graph emulator could not start.
+    #[error("graph emulator: {0}")]
+    Emulator(String),
+    /// A socket or the data directory failed.
+    #[error("{0}")]
     Io(#[from] std::io::Error),
-    /// The scripted exchange did not go as expected.
-    #[error("the scripted call failed: {0}")]
-    Script(String),
+    /// A scripted step did not work.
+    #[error("demo setup: {0}")]
+    Setup(String),
 }
 
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
+/// How the demo runs.
+#[derive(Debug, Clone, Default)]
+pub struct DemoOptions {
+    /// Listen on free ports chosen by the system instead of 5060/5070/8080/8400 (to run
+    /// beside another demo, a benchmark or the tests).
+    pub ephemeral_ports: bool,
+    /// Where the store goes; default a fresh directory under the system's temp dir,
+    /// removed at the end.
+    pub data_dir: Option<PathBuf>,
 }
 
-/// One end of the demo: a UDP socket, a name for the transcript, and a peer to send to.
-struct Endpoint {
-    name: &'static str,
-    socket: UdpSocket,
-    peer: SocketAddr,
+/// The demo, running.
+pub struct Demo {
+    /// The portal's address.
+    pub portal_url: String,
+    /// The admin password (random per run).
+    pub admin_password: String,
+    /// The proxy's UDP address (real phones can use it as their outbound proxy).
+    pub proxy_addr: SocketAddr,
+    /// The PBX stand-in's address.
+    pub pbx_addr: SocketAddr,
+    /// The Graph emulator's address.
+    pub emulator_url: String,
+    /// The simulated phones.
+    pub phones: Arc<Vec<PhoneHandle>>,
+    app: App,
+    pbx: PbxHandle,
+    emulator: crate::emulator::EmulatorHandle,
+    data_dir: PathBuf,
+    remove_data_dir: bool,
 }
 
-impl Endpoint {
-    async fn send(&self, bytes: Bytes) -> Result<(), DemoError> {
-        if let Ok(msg) = Message::parse(bytes.clone()) {
-            println!("  {:<5} → {}", self.name, summary(&msg));
+impl std::fmt::Debug for Demo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Demo")
+            .field("portal_url", &self.portal_url)
+            .field("proxy_addr", &self.proxy_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+fn random_token() -> Result<String, DemoError> {
+    crate::web::random_password().map_err(|_| DemoError::Setup("random generator".into()))
+}
+
+/// The product's configuration for the demo.
+fn demo_config(
+    ports: Ports,
+    pbx_port: u16,
+    emulator_url: &str,
+    data_dir: &Path,
+    password_hash: &str,
+) -> Result<Config, DemoError> {
+    let directory: String = USERS
+        .iter()
+        .map(|u| format!("\"{}\" = \"{}\"\n", u.ext, u.upn))
+        .collect();
+    let toml = format!(
+        r#"
+[log]
+format = "human"
+level = "warn"
+
+[listen]
+udp = ["127.0.0.1:{proxy}"]
+
+[pbx]
+host = "127.0.0.1"
+port = {pbx_port}
+transport = "udp"
+
+[phones]
+allowed_networks = ["127.0.0.0/8", "::1/128"]
+
+[graph]
+tenant = "contoso.example"
+client_id = "{CONTOSO_CLIENT_ID}"
+client_secret = "{CONTOSO_CLIENT_SECRET}"
+login_base = "{emulator_url}"
+graph_base = "{emulator_url}/v1.0"
+
+[web]
+listen = "127.0.0.1:{web}"
+admin_password_hash = "{password_hash}"
+
+[store]
+path = "store.sqlite3"
+key_file = "store.key"
+
+[sync]
+pbx_to_teams = true
+poll_interval_ms = 500
+echo_grace_seconds = 2
+
+[directory]
+{directory}"#,
+        proxy = ports.proxy.max(1),
+        web = ports.web,
+    );
+    let mut config = Config::from_toml(&toml, &data_dir.join("demo.toml"))?;
+    if ports.proxy == 0 {
+        config.listen.udp = vec![SocketAddr::from(([127, 0, 0, 1], 0))];
+    }
+    Ok(config)
+}
+
+/// Starts the demo; the scripted call is up when this returns.
+pub async fn start(options: DemoOptions) -> Result<Demo, DemoError> {
+    let ports = if options.ephemeral_ports {
+        Ports {
+            proxy: 0,
+            pbx: 0,
+            web: 0,
+            emulator: 0,
         }
-        self.socket.send_to(&bytes, self.peer).await?;
-        Ok(())
-    }
-
-    /// The next message, skipping retransmissions' noise, within a deadline.
-    async fn recv(&self) -> Result<Message, DemoError> {
-        let mut buf = vec![0u8; 65_535];
-        let (n, _) = tokio::time::timeout(Duration::from_secs(5), self.socket.recv_from(&mut buf))
-            .await
-            .map_err(|_| DemoError::Script(format!("{} heard nothing for 5 s", self.name)))??;
-        let msg = Message::parse(Bytes::copy_from_slice(&buf[..n])).map_err(|e| {
-            DemoError::Script(format!("{} got an unparseable message: {e}", self.name))
-        })?;
-        println!("  {:<5} ← {}", self.name, summary(&msg));
-        Ok(msg)
-    }
-
-    /// Receives until a message satisfies `want` (provisional responses, 100s, ...).
-    async fn recv_until(&self, want: impl Fn(&Message) -> bool) -> Result<Message, DemoError> {
-        loop {
-            let msg = self.recv().await?;
-            if want(&msg) {
-                return Ok(msg);
-            }
-        }
-    }
-}
-
-fn summary(msg: &Message) -> String {
-    let first = match (msg.method_bytes(), msg.status()) {
-        (Some(m), _) => format!(
-            "{} {}",
-            text(m),
-            text(msg.request_uri_bytes().unwrap_or_default())
-        ),
-        (None, Some(code)) => format!("{code} {}", text(msg.reason().unwrap_or_default())),
-        _ => String::new(),
-    };
-    let mut extra = Vec::new();
-    if let Some(Ok(c)) = msg.contacts().next() {
-        if let Some(a) = c.address() {
-            extra.push(format!("Contact {}", text(a.uri().as_bytes())));
-        }
-    }
-    let rr = msg.record_routes().count();
-    if rr > 0 {
-        extra.push(format!("{rr} Record-Route"));
-    }
-    let routes = msg.routes().count();
-    if routes > 0 {
-        extra.push(format!("{routes} Route"));
-    }
-    if extra.is_empty() {
-        first
     } else {
-        format!("{first}   [{}]", extra.join(", "))
-    }
-}
-
-fn header(msg: &Message, name: HeaderName) -> String {
-    text(msg.header(name).unwrap_or_default())
-}
-
-/// A response echoing the request's Record-Route (what a UAS does, RFC 3261 §12.1.1).
-fn answer(req: &Message, code: u16, reason: &str, tag: &str, contact: Option<&str>) -> Bytes {
-    let rr: Vec<Vec<u8>> = req
-        .fields_named(HeaderName::RecordRoute)
-        .map(|f| req.field_value(f).to_vec())
-        .collect();
-    let contact = contact.map(|c| format!("<{c}>"));
-    let mut builder = ResponseBuilder::new(req, code, reason).to_tag(tag);
-    for value in &rr {
-        builder = builder.header("Record-Route", value);
-    }
-    if let Some(contact) = &contact {
-        builder = builder.header("Contact", contact.as_bytes());
-    }
-    builder.build()
-}
-
-/// The route set a UAC takes from a 2xx: its Record-Route, reversed (§12.1.2).
-fn uac_routes(ok: &Message) -> String {
-    let mut routes: Vec<String> = ok
-        .values(HeaderName::RecordRoute)
-        .map(|(_, span)| text(ok.slice(span)))
-        .collect();
-    routes.reverse();
-    routes.iter().map(|r| format!("Route: {r}\r\n")).collect()
-}
-
-/// Prints what the proxy observed since the last call (every event of a step is sent
-/// before the message that caused it is forwarded, so a finished step has them all).
-fn show_events(events: &mut broadcast::Receiver<ObserveEvent>, seen: &mut Vec<ObserveEvent>) {
-    while let Ok(event) = events.try_recv() {
-        println!("   observed: {event}");
-        seen.push(event);
-    }
-}
-
-/// The phone dials `dialled`; the PBX rings and answers; the phone hangs up.
-async fn outgoing_call(
-    phone: &Endpoint,
-    pbx_side: &Endpoint,
-    dialled: &str,
-    call: &str,
-) -> Result<(), DemoError> {
-    let me = phone.socket.local_addr()?;
-    let pbx = pbx_side.socket.local_addr()?;
-    let contact = format!("sip:201@{me}");
-    phone
-        .send(Bytes::from(format!(
-            "INVITE sip:{dialled}@pbx.example.com SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK-{call}-i1;rport\r\nMax-Forwards: 70\r\nFrom: <sip:201@pbx.example.com>;tag=ph201c\r\nTo: <sip:{dialled}@pbx.example.com>\r\nCall-ID: {call}@{me}\r\nCSeq: 1 INVITE\r\nContact: <{contact}>\r\nContent-Length: 0\r\n\r\n"
-        )))
-        .await?;
-    let invite = pbx_side
-        .recv_until(|m| m.method() == Some(Method::Invite))
-        .await?;
-    pbx_side
-        .send(answer(&invite, 180, "Ringing", "pbx-out", None))
-        .await?;
-    pbx_side
-        .send(answer(
-            &invite,
-            200,
-            "OK",
-            "pbx-out",
-            Some(&format!("sip:pbx@{pbx}")),
-        ))
-        .await?;
-    let ok = phone.recv_until(|m| m.status() == Some(200)).await?;
-    let routes = uac_routes(&ok);
-    for (method, cseq, branch) in [("ACK", 1, "a1"), ("BYE", 2, "b1")] {
-        phone
-            .send(Bytes::from(format!(
-                "{method} sip:pbx@{pbx} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK-{call}-{branch};rport\r\n{routes}Max-Forwards: 70\r\nFrom: <sip:201@pbx.example.com>;tag=ph201c\r\nTo: {}\r\nCall-ID: {call}@{me}\r\nCSeq: {cseq} {method}\r\nContent-Length: 0\r\n\r\n",
-                header(&ok, HeaderName::To)
-            )))
-            .await?;
-        let got = pbx_side.recv().await?;
-        if method == "BYE" {
-            pbx_side
-                .send(ResponseBuilder::new(&got, 200, "OK").build())
-                .await?;
-            phone.recv_until(|m| m.status() == Some(200)).await?;
+        FIXED_PORTS
+    };
+    let (data_dir, remove_data_dir) = match options.data_dir {
+        Some(dir) => (dir, false),
+        None => {
+            let dir = std::env::temp_dir().join(format!(
+                "presence-proxy-demo-{}-{}",
+                std::process::id(),
+                random_token()?
+            ));
+            (dir, true)
         }
+    };
+    std::fs::create_dir_all(&data_dir)?;
+
+    // Microsoft, played by the emulator
+    let emulator = Emulator::start(EmulatorConfig {
+        listen: SocketAddr::from(([127, 0, 0, 1], ports.emulator)),
+        ..EmulatorConfig::default()
+    })
+    .await
+    .map_err(|e| DemoError::Emulator(e.to_string()))?;
+    let emulator_url = emulator.base_url();
+
+    // the PBX
+    let pbx = PbxStandIn::start(
+        SocketAddr::from(([127, 0, 0, 1], ports.pbx)),
+        PbxOptions::default(),
+    )
+    .await?;
+    let pbx_addr = pbx.local_addr();
+
+    // the product
+    let admin_password = random_token()?;
+    let hash =
+        crate::web::hash_password(&admin_password).map_err(|e| DemoError::Setup(e.to_string()))?;
+    let config = demo_config(ports, pbx_addr.port(), &emulator_url, &data_dir, &hash)?;
+    let http = reqwest::Client::new();
+    // the demo page needs the phones, which need the proxy: it reads them through a
+    // slot filled once they run
+    let phones_slot: page::PhoneSlot = Arc::default();
+    let app = app::start(
+        &config,
+        Some(page::routes(page::DemoPage {
+            phones: phones_slot.clone(),
+            users: Arc::new(USERS.to_vec()),
+            emulator_control: emulator.control_url(),
+            http: http.clone(),
+            token: random_token()?,
+        })),
+    )
+    .await?;
+    let web_addr = app
+        .web_addr
+        .ok_or_else(|| DemoError::Setup("the web listener did not start".into()))?;
+    let portal_url = format!("http://{web_addr}");
+    let proxy_addr = app
+        .proxy
+        .local_addr(Transport::Udp)
+        .ok_or_else(|| DemoError::Setup("the proxy has no UDP listener".into()))?;
+
+    // what the admin and the users would click
+    register_redirect_uri(&http, &emulator.control_url(), &portal_url).await?;
+    setup::admin_setup(&portal_url, &admin_password, ADMIN_UPN).await?;
+    for user in &USERS {
+        setup::pair_user(&portal_url, user.upn).await?;
+    }
+
+    // the desk phones
+    let mut phones = Vec::new();
+    for user in &USERS {
+        let mut options = PhoneOptions::new(proxy_addr);
+        options.user_agent = "Yealink SIP-T54W 96.86.0.100 (presence-proxy demo)".to_owned();
+        let phone = Phone::start(user.ext, options).await?;
+        phones.push(phone);
+    }
+    for phone in &phones {
+        let others: Vec<&str> = USERS
+            .iter()
+            .map(|u| u.ext)
+            .filter(|e| *e != phone.ext())
+            .collect();
+        phone
+            .watch(&others)
+            .await
+            .map_err(|e| DemoError::Setup(e.to_string()))?;
+    }
+    for phone in &phones {
+        phone
+            .wait_for(STEP_DEADLINE, |s| {
+                s.registered && s.lamps.values().all(|l| *l != phones::Lamp::Unknown)
+            })
+            .await
+            .map_err(|e| DemoError::Setup(format!("phone {}: {e}", phone.ext())))?;
+    }
+    let phones = Arc::new(phones);
+    *phones_slot.lock() = Some(phones.clone());
+
+    // the scripted call: Alice calls outside
+    let alice = &phones[0];
+    alice
+        .dial(EXTERNAL_NUMBER)
+        .await
+        .map_err(|e| DemoError::Setup(e.to_string()))?;
+    alice
+        .wait_for(STEP_DEADLINE, |s| {
+            matches!(s.call, CallView::Connected { .. })
+        })
+        .await
+        .map_err(|e| DemoError::Setup(format!("the scripted call: {e}")))?;
+
+    Ok(Demo {
+        portal_url,
+        admin_password,
+        proxy_addr,
+        pbx_addr,
+        emulator_url,
+        phones,
+        app,
+        pbx,
+        emulator,
+        data_dir,
+        remove_data_dir,
+    })
+}
+
+async fn register_redirect_uri(
+    http: &reqwest::Client,
+    control: &str,
+    portal: &str,
+) -> Result<(), DemoError> {
+    let response = http
+        .post(format!("{control}/app/redirect-uris"))
+        .json(&serde_json::json!({ "uri": format!("{portal}/oauth/callback") }))
+        .send()
+        .await
+        .map_err(|e| DemoError::Setup(format!("registering the redirect URI: {e}")))?;
+    if !response.status().is_success() {
+        return Err(DemoError::Setup(format!(
+            "registering the redirect URI: {}",
+            response.status()
+        )));
     }
     Ok(())
 }
 
-async fn script(
-    proxy: SocketAddr,
-    pbx: SocketAddr,
-    events: &mut broadcast::Receiver<ObserveEvent>,
-) -> Result<Vec<ObserveEvent>, DemoError> {
-    let mut seen = Vec::new();
-    let phone = Endpoint {
-        name: "phone",
-        socket: UdpSocket::bind("127.0.0.1:0").await?,
-        peer: proxy,
-    };
-    let pbx_side = Endpoint {
-        name: "pbx",
-        socket: UdpSocket::bind(pbx).await?,
-        peer: proxy,
-    };
-    let me = phone.socket.local_addr()?;
-    let contact = format!("sip:201@{me}");
-
-    println!("\n1. Extension 201 registers through the proxy:");
-    phone
-        .send(Bytes::from(format!(
-            "REGISTER sip:pbx.example.com SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK-demo-r1;rport\r\nMax-Forwards: 70\r\nFrom: <sip:201@pbx.example.com>;tag=ph201\r\nTo: <sip:201@pbx.example.com>\r\nCall-ID: demo-reg@{me}\r\nCSeq: 1 REGISTER\r\nContact: <{contact}>\r\nExpires: 600\r\nContent-Length: 0\r\n\r\n"
-        )))
-        .await?;
-    let register = pbx_side.recv().await?;
-    let alias = register
-        .contacts()
-        .next()
-        .and_then(Result::ok)
-        .and_then(|c| c.address().map(|a| text(a.uri().as_bytes())))
-        .ok_or_else(|| {
-            DemoError::Script("the REGISTER reached the PBX without a Contact".into())
-        })?;
-    let mut ok = ResponseBuilder::new(&register, 200, "OK").to_tag("pbx-reg");
-    let contact_back = format!("<{alias}>;expires=600");
-    ok = ok.header("Contact", contact_back.as_bytes());
-    pbx_side.send(ok.build()).await?;
-    phone.recv_until(|m| m.status() == Some(200)).await?;
-    println!("   The PBX stored {alias}: the proxy's alias for the phone.");
-
-    println!("\n2. 201 calls an external number; the PBX answers and 201 hangs up:");
-    outgoing_call(&phone, &pbx_side, "+4930123456", "demo-out").await?;
-    show_events(events, &mut seen);
-
-    println!("\n3. The PBX calls 201 at the alias; the proxy finds the phone; the PBX hangs up:");
-    pbx_side
-        .send(Bytes::from(format!(
-            "INVITE {alias} SIP/2.0\r\nVia: SIP/2.0/UDP {pbx};branch=z9hG4bK-demo-pi1\r\nMax-Forwards: 70\r\nFrom: <sip:+4930999@pbx.example.com>;tag=pbx-in\r\nTo: <sip:201@pbx.example.com>\r\nCall-ID: demo-in@{pbx}\r\nCSeq: 1 INVITE\r\nContact: <sip:pbx@{pbx}>\r\nContent-Length: 0\r\n\r\n"
-        )))
-        .await?;
-    let incoming = phone
-        .recv_until(|m| m.method() == Some(Method::Invite))
-        .await?;
-    println!(
-        "   The phone sees its own Contact as Request-URI: {}",
-        text(incoming.request_uri_bytes().unwrap_or_default())
-    );
-    phone
-        .send(answer(&incoming, 180, "Ringing", "ph201in", None))
-        .await?;
-    phone
-        .send(answer(&incoming, 200, "OK", "ph201in", Some(&contact)))
-        .await?;
-    let ok = pbx_side.recv_until(|m| m.status() == Some(200)).await?;
-    let routes = uac_routes(&ok);
-    let to = header(&ok, HeaderName::To);
-    for (method, cseq, branch) in [
-        ("ACK", 1, "z9hG4bK-demo-pa1"),
-        ("BYE", 2, "z9hG4bK-demo-pb1"),
-    ] {
-        pbx_side
-            .send(Bytes::from(format!(
-                "{method} {contact} SIP/2.0\r\nVia: SIP/2.0/UDP {pbx};branch={branch}\r\n{routes}Max-Forwards: 70\r\nFrom: <sip:+4930999@pbx.example.com>;tag=pbx-in\r\nTo: {to}\r\nCall-ID: demo-in@{pbx}\r\nCSeq: {cseq} {method}\r\nContent-Length: 0\r\n\r\n"
-            )))
-            .await?;
-        let got = phone.recv().await?;
-        if method == "BYE" {
-            phone
-                .send(ResponseBuilder::new(&got, 200, "OK").build())
-                .await?;
-            pbx_side.recv_until(|m| m.status() == Some(200)).await?;
+impl Demo {
+    /// Stops everything and removes the data directory it made.
+    pub async fn shutdown(self) {
+        for phone in self.phones.iter() {
+            phone.shutdown().await;
+        }
+        self.app.shutdown().await;
+        self.pbx.shutdown().await;
+        self.emulator.shutdown().await;
+        if self.remove_data_dir {
+            let _ = std::fs::remove_dir_all(&self.data_dir);
         }
     }
-    show_events(events, &mut seen);
 
-    println!("\n4. 201 dials *78 (DND on); the PBX accepts the code:");
-    outgoing_call(&phone, &pbx_side, "*78", "demo-dnd").await?;
-    show_events(events, &mut seen);
-    Ok(seen)
-}
-
-async fn demo_async() -> Result<(), DemoError> {
-    let config = Config::from_toml(DEMO_CONFIG, Path::new("config/loopback.toml (embedded)"))?;
-    let keep_running = std::env::var_os("PRESENCE_PROXY_DEMO_ONCE").is_none();
-    run(&config, keep_running).await.map(|_| ())
-}
-
-/// Starts the proxy with `config`, runs the scripted phone and PBX stand-in through it
-/// (the PBX stand-in binds `pbx.host:pbx.port`), and returns what the proxy observed.
-/// With `keep_running`, the proxy then serves real phones until Ctrl-C.
-pub async fn run(config: &Config, keep_running: bool) -> Result<Vec<ObserveEvent>, DemoError> {
-    let handle = runtime::start(config).await?;
-    let proxy = handle
-        .local_addr(Transport::Udp)
-        .ok_or_else(|| DemoError::Script("no UDP listener".into()))?;
-    let pbx = SocketAddr::new(
-        config.pbx.host_ip().unwrap_or(proxy.ip()),
-        config.pbx.port_or_default(),
-    );
-    println!("presence-proxy is running: phones → udp/tcp {proxy}, PBX stand-in at udp {pbx}.");
-    let mut events = handle.phone_events();
-    let outcome = script(proxy, pbx, &mut events).await;
-    match &outcome {
-        Ok(_) => println!(
-            "\nEvery message above crossed the proxy. It keeps running on {proxy}: point a phone's outbound proxy (or SIPp) at it. Ctrl-C stops it."
-        ),
-        Err(e) => println!("\n{e}"),
+    /// What the demo prints once it runs.
+    pub fn banner(&self) -> String {
+        format!(
+            "presence-proxy demo: everything on loopback\n\
+             \n  portal     {portal}/\n  demo page  {portal}/demo   (phones, BLF lamps, Teams presence)\n\
+             \n  admin password: {password}\n\
+             \n  phones 201 Alice, 202 Bob, 203 Carol → proxy udp {proxy} → PBX stand-in udp {pbx}\n  \
+             Microsoft Graph and sign-in: emulator at {emulator}\n\
+             \n  Alice (201) is on an external call: her Teams shows Busy / In a call,\n  \
+             and the lamps for 201 on the other phones are red.\n\
+             \nCtrl-C stops the demo.\n",
+            portal = self.portal_url,
+            password = self.admin_password,
+            proxy = self.proxy_addr,
+            pbx = self.pbx_addr,
+            emulator = self.emulator_url,
+        )
     }
-    if outcome.is_ok() && keep_running {
-        // from here on, what real phones do through the proxy
-        let live = tokio::spawn(async move {
-            loop {
-                match events.recv().await {
-                    Ok(event) => println!("observed: {event}"),
-                    Err(broadcast::error::RecvError::Lagged(missed)) => {
-                        println!("observed: ({missed} events missed)");
-                    }
-                    Err(broadcast::error::RecvError::Closed) => break,
-                }
-            }
-        });
-        runtime::shutdown_signal().await;
-        live.abort();
-    }
-    handle.shutdown().await;
-    outcome
 }
 
-/// Runs the demo.
-pub fn demo() -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
+/// `presence-proxy demo`: starts the demo, prints where to look, runs until Ctrl-C.
+pub fn demo(ephemeral_ports: bool) -> ExitCode {
+    let _ = crate::telemetry::init_logging(&crate::config::LogConfig {
+        level: "warn".to_owned(),
+        ..crate::config::LogConfig::default()
+    });
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
         .enable_all()
         .build()
     {
-        Ok(runtime) => runtime,
+        Ok(r) => r,
         Err(e) => {
-            eprintln!("cannot start the async runtime: {e}");
-            return ExitCode::from(1);
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(demo_async()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("demo failed: {e}");
-            ExitCode::from(1)
-        }
-    }
+    runtime.block_on(async {
+        let demo = match start(DemoOptions {
+            ephemeral_ports,
+            data_dir: None,
+        })
+        .await
+        {
+            Ok(demo) => demo,
+            Err(e) => {
+                eprintln!("error: {e}");
+                if !ephemeral_ports {
+                    eprintln!(
+                        "(the demo listens on 127.0.0.1 ports 5060, 5070, 8080 and 8400; \
+                         `presence-proxy demo --ephemeral-ports` picks free ones)"
+                    );
+                }
+                return ExitCode::FAILURE;
+            }
+        };
+        println!("{}", demo.banner());
+        crate::runtime::shutdown_signal().await;
+        println!("stopping the demo");
+        demo.shutdown().await;
+        ExitCode::SUCCESS
+    })
 }

@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -22,6 +23,7 @@ use super::{
     GraphConfig, GraphError, MAX_IDS_PER_REQUEST, PreferredPresence, Presence, RequestBudget,
     SessionPresence, TokenSet, Tokens, iso8601,
 };
+use crate::metrics::{GraphMetrics, GraphRequestCount, GraphStatus};
 use crate::store::Secret;
 
 /// A Graph user, as far as the product needs one (graph.md §5).
@@ -55,6 +57,28 @@ struct Inner {
     http: reqwest::Client,
     budget: Arc<RequestBudget>,
     users: Mutex<HashMap<String, (User, Instant)>>,
+    counters: Counters,
+}
+
+/// What the request loop and the credentials count (read by [`GraphClient::metrics`]).
+#[derive(Debug, Default)]
+struct Counters {
+    /// Attempts by (endpoint, status).
+    requests: Mutex<HashMap<(&'static str, GraphStatus), u64>>,
+    retries: AtomicU64,
+    throttled: AtomicU64,
+    token_refreshes_ok: AtomicU64,
+    token_refreshes_failed: AtomicU64,
+}
+
+impl Counters {
+    fn request(&self, endpoint: &'static str, status: GraphStatus) {
+        *self.requests.lock().entry((endpoint, status)).or_insert(0) += 1;
+    }
+
+    fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// Whom a request goes to.
@@ -101,6 +125,7 @@ impl GraphClient {
                 http,
                 budget,
                 users: Mutex::new(HashMap::new()),
+                counters: Counters::default(),
             }),
         })
     }
@@ -113,6 +138,56 @@ impl GraphClient {
     /// The tenant's request budget (share it with other clients of the tenant).
     pub fn budget(&self) -> &Arc<RequestBudget> {
         &self.inner.budget
+    }
+
+    /// A snapshot of the client's counters: every attempt by endpoint and status,
+    /// retries, 429 answers and token refreshes, since the client was made (clones
+    /// share them).
+    pub fn metrics(&self) -> GraphMetrics {
+        let c = &self.inner.counters;
+        let mut requests: Vec<((&'static str, GraphStatus), u64)> = c
+            .requests
+            .lock()
+            .iter()
+            .map(|(key, count)| (*key, *count))
+            .collect();
+        requests.sort();
+        GraphMetrics {
+            requests: requests
+                .into_iter()
+                .map(|((endpoint, status), count)| GraphRequestCount {
+                    endpoint: endpoint.to_owned(),
+                    status: status.label(),
+                    count,
+                })
+                .collect(),
+            retries: c.retries.load(Ordering::Relaxed),
+            throttled: c.throttled.load(Ordering::Relaxed),
+            token_refreshes_ok: c.token_refreshes_ok.load(Ordering::Relaxed),
+            token_refreshes_failed: c.token_refreshes_failed.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Counts a token refresh by a credential of this client ([`Tokens`]).
+    pub(super) fn count_token_refresh(&self, ok: bool) {
+        let c = &self.inner.counters;
+        Counters::bump(if ok {
+            &c.token_refreshes_ok
+        } else {
+            &c.token_refreshes_failed
+        });
+    }
+
+    /// The metrics label of a request: `token` for the token endpoint, else named after
+    /// the Graph resource or action its path ends in. A fixed set, so label values
+    /// never grow with user ids.
+    fn endpoint(&self, target: Target<'_>, url: &Url) -> &'static str {
+        if let Target::Login = target {
+            return "token";
+        }
+        let base = self.inner.graph_base.path().trim_end_matches('/');
+        let rest = url.path().strip_prefix(base).unwrap_or(url.path());
+        endpoint_label(rest)
     }
 
     // -----------------------------------------------------------------------------------
@@ -422,7 +497,14 @@ impl GraphClient {
             Target::Graph(tokens) => Some(tokens.access_token().await?),
             Target::Login => None,
         };
+        let counters = &self.inner.counters;
+        let endpoint = self.endpoint(target, &url);
+        let mut attempts = 0u32;
         loop {
+            attempts += 1;
+            if attempts > 1 {
+                Counters::bump(&counters.retries);
+            }
             if let Target::Graph(_) = target {
                 self.inner.budget.acquire().await;
             }
@@ -452,6 +534,7 @@ impl GraphClient {
             let (status, retry_after, bytes) = match outcome {
                 Ok(o) => o,
                 Err(e) => {
+                    counters.request(endpoint, GraphStatus::TransportError);
                     failures += 1;
                     let e = GraphError::transport(e);
                     tracing::debug!(%method, path = url.path(), error = %e, failures, "graph request failed");
@@ -462,6 +545,10 @@ impl GraphClient {
                     continue;
                 }
             };
+            counters.request(endpoint, GraphStatus::Http(status));
+            if status == 429 {
+                Counters::bump(&counters.throttled);
+            }
             tracing::debug!(
                 %method,
                 path = url.path(),
@@ -537,6 +624,34 @@ impl GraphClient {
     }
 }
 
+/// The label of a Graph path below the base (`/users/{id}/presence/setPresence` →
+/// `setPresence`).
+fn endpoint_label(path: &str) -> &'static str {
+    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let below_user = match segments.as_slice() {
+        ["subscriptions", ..] => return "subscriptions",
+        ["communications", "getPresencesByUserId", ..] => return "getPresencesByUserId",
+        ["communications", "presences", ..] => return "presence",
+        ["me", rest @ ..] | ["users", _, rest @ ..] => rest,
+        // `/users?$filter=…`, `/users('$x@y')`
+        [first, ..] if first.starts_with("users") => return "users",
+        _ => return "other",
+    };
+    match below_user {
+        [] => "users",
+        ["presence"] => "presence",
+        ["presence", action, ..] => match *action {
+            "setPresence" => "setPresence",
+            "clearPresence" => "clearPresence",
+            "setUserPreferredPresence" => "setUserPreferredPresence",
+            "clearUserPreferredPresence" => "clearUserPreferredPresence",
+            "setStatusMessage" => "setStatusMessage",
+            _ => "other",
+        },
+        _ => "other",
+    }
+}
+
 pub(super) fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, GraphError> {
     serde_json::from_slice(bytes).map_err(|e| GraphError::Decode(e.to_string()))
 }
@@ -546,4 +661,42 @@ fn encode(value: &str) -> String {
     form_urlencoded::byte_serialize(value.as_bytes())
         .collect::<String>()
         .replace('+', "%20")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::endpoint_label;
+
+    #[test]
+    fn endpoints_have_short_stable_labels() {
+        for (path, label) in [
+            ("/users/a1f0/presence/setPresence", "setPresence"),
+            ("/users/a1f0/presence/clearPresence", "clearPresence"),
+            (
+                "/users/a1f0/presence/setUserPreferredPresence",
+                "setUserPreferredPresence",
+            ),
+            (
+                "/users/a1f0/presence/clearUserPreferredPresence",
+                "clearUserPreferredPresence",
+            ),
+            ("/users/a1f0/presence", "presence"),
+            ("/me/presence", "presence"),
+            ("/communications/presences/a1f0", "presence"),
+            (
+                "/communications/getPresencesByUserId",
+                "getPresencesByUserId",
+            ),
+            ("/users", "users"),
+            ("/users/bob@contoso.example", "users"),
+            ("/users('$x@contoso.example')", "users"),
+            ("/me", "users"),
+            ("/subscriptions", "subscriptions"),
+            ("/subscriptions/9f1c", "subscriptions"),
+            ("/users/a1f0/calendar", "other"),
+            ("/", "other"),
+        ] {
+            assert_eq!(endpoint_label(path), label, "{path}");
+        }
+    }
 }

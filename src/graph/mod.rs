@@ -15,7 +15,7 @@
 //! | `mod.rs` | [`GraphConfig`], [`RetryPolicy`], the re-exports |
 //! | `error.rs` | [`GraphError`]: Graph error bodies (§4.2), token errors (§6.4), `needs_repairing` |
 //! | `tokens.rs` | [`TokenSet`], [`Tokens`] (refresh ahead of expiry, rotation through [`TokenSink`]), [`Pkce`], authorize and admin-consent URLs |
-//! | `client.rs` | [`GraphClient`]: token-endpoint requests, users (cached), setPresence, clearPresence, preferred presence, GET presence, getPresencesByUserId in batches of 650; retries |
+//! | `client.rs` | [`GraphClient`]: token-endpoint requests, users (cached), setPresence, clearPresence, preferred presence, GET presence, getPresencesByUserId in batches of 650; retries; the counters of [`GraphClient::metrics`] (attempts by endpoint and status, retries, 429s, token refreshes) |
 //! | `budget.rs` | [`RequestBudget`]: at most 1,500 Graph requests per 30 s per tenant (§4.1) |
 //! | `store_sink.rs` | [`StoreTokenSink`]: rotations and "needs re-pairing" written to the store by compare-and-swap; `TokenSet` ↔ token row |
 //! | `subscriptions.rs` | presence change notifications (§3): create/renew/delete/list on [`GraphClient`], the sans-IO [`PresenceSubscriptions`] manager (slots of ≤ 650 ids, renewal, recreate, catch-up polls), [`SubscriptionDriver`], the webhook ([`notification_routes`], [`NotificationReceiver`]) |
@@ -49,6 +49,8 @@ pub use presence::{
     iso8601,
 };
 pub use store_sink::StoreTokenSink;
+
+pub use crate::metrics::{GraphMetrics, GraphRequestCount, GraphStatus};
 pub use subscriptions::{
     CatchUpReason, DriverCommand, MAX_IDS_PER_SUBSCRIPTION, MAX_SUBSCRIPTION_LIFETIME,
     NOTIFICATION_PATH, Notification, NotificationReceiver, PresenceChange, PresenceSubscriptions,

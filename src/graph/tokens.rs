@@ -191,8 +191,7 @@ impl Tokens {
                 return Ok(set.access_token.clone());
             }
         }
-        let fresh = self.renew(current.as_ref()).await?;
-        self.install(&mut current, fresh)
+        self.renew_counted(&mut current).await
     }
 
     /// Graph refused `used` (401): get a new access token unless another task already did.
@@ -207,20 +206,33 @@ impl Tokens {
             }
         }
         tracing::debug!("graph refused the access token, refreshing");
-        let fresh = self.renew(current.as_ref()).await?;
-        self.install(&mut current, fresh)
+        self.renew_counted(&mut current).await
     }
 
     /// Refreshes now, whatever the expiry (e.g. after scopes changed).
     pub async fn refresh_now(&self) -> Result<(), GraphError> {
         let mut current = self.current.lock().await;
-        let fresh = self.renew(current.as_ref()).await?;
-        self.install(&mut current, fresh).map(|_| ())
+        self.renew_counted(&mut current).await.map(|_| ())
     }
 
     /// The current token set, if any (e.g. to read the id_token after a sign-in).
     pub async fn current(&self) -> Option<TokenSet> {
         self.current.lock().await.clone()
+    }
+
+    /// Gets a new access token and makes it current; counted in the client's
+    /// metrics as a token refresh, ok or failed (refused, unreachable, or the rotation
+    /// not persisted).
+    async fn renew_counted(
+        &self,
+        current: &mut Option<TokenSet>,
+    ) -> Result<Secret<String>, GraphError> {
+        let result = match self.renew(current.as_ref()).await {
+            Ok(fresh) => self.install(current, fresh),
+            Err(e) => Err(e),
+        };
+        self.client.count_token_refresh(result.is_ok());
+        result
     }
 
     /// Boxed: the token request goes through the client's request loop, which calls

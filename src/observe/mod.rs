@@ -22,4 +22,4 @@ pub mod observer;
 pub use call::{CallDirection, CallState, Direction, PhoneAddr, TerminationReason};
 pub use classify::{CallClass, ClassifyRules, DndAction, IdentitySource};
 pub use event::{CallPhase, CallView, Extension, ExtensionView, ObserveEvent, RecentEvent};
-pub use observer::{ObserveConfig, Observer};
+pub use observer::{CallCounts, ObserveConfig, Observer};

@@ -124,6 +124,19 @@ struct PendingDnd {
     created: Instant,
 }
 
+/// Calls the observer started tracking, by class (counted once per call, when its
+/// INVITE is first seen; a call over the `max_calls` limit or of no known extension is
+/// not tracked and not counted).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CallCounts {
+    /// External calls (the ones Teams is told about).
+    pub external: u64,
+    /// Calls between extensions.
+    pub internal: u64,
+    /// Star codes and other feature codes.
+    pub star_code: u64,
+}
+
 /// Whom a PBX request for a phone is for.
 enum IncomingTarget<'a> {
     /// The extension of one of the phone's bindings.
@@ -144,6 +157,8 @@ pub struct Observer {
     next_sweep: Option<Instant>,
     /// Extensions with `teams_busy` set: while 0, INVITEs cost no lookup for it.
     teams_busy_count: usize,
+    /// Calls tracked so far, by class.
+    call_counts: CallCounts,
 }
 
 impl Observer {
@@ -158,6 +173,7 @@ impl Observer {
             events: VecDeque::new(),
             next_sweep: None,
             teams_busy_count: 0,
+            call_counts: CallCounts::default(),
         };
         observer.set_directory(observer.config.directory.clone());
         observer
@@ -192,6 +208,11 @@ impl Observer {
     /// Calls tracked.
     pub fn call_count(&self) -> usize {
         self.calls.len()
+    }
+
+    /// Calls tracked so far, by class.
+    pub fn call_counts(&self) -> CallCounts {
+        self.call_counts
     }
 
     /// Registrations tracked.
@@ -436,6 +457,12 @@ impl Observer {
         };
         debug!(ext = %ext, call_id = %call.call_id, direction = %call_direction, class = %class, other = %call.other_party, "call");
         self.calls.insert(key, call);
+        let counter = match class {
+            CallClass::External => &mut self.call_counts.external,
+            CallClass::Internal => &mut self.call_counts.internal,
+            CallClass::StarCode(_) => &mut self.call_counts.star_code,
+        };
+        *counter += 1;
         self.exts.entry(ext).or_default().calls += 1;
         self.arm(now, deadline);
         if state != CallState::Trying {

@@ -18,6 +18,7 @@ use super::transaction::{ClientState, KeyMethod, ServerKey, ServerState, Txn};
 use crate::blf::DocumentRenderer;
 use crate::blf::subscription::{Forward, Rewrite, SubscriptionConfig, SubscriptionTracker};
 use crate::config::Cidr;
+use crate::metrics::{MessageCounters, MessageKind, ProxyMetrics};
 use crate::observe::{Direction, ObserveConfig, ObserveEvent, Observer, PhoneAddr};
 use crate::sip::build::{ResponseBuilder, ack_for, cancel_for};
 use crate::sip::edit::Editor;
@@ -105,9 +106,14 @@ struct Target {
     phone_flow: Flow,
 }
 
-/// Counters for metrics and tests.
+/// Counters for metrics and tests: plain integers bumped on the message path, read
+/// with [`Proxy::stats`] or [`Proxy::metrics`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Stats {
+    /// Messages received that parsed, by kind and transport.
+    pub received: MessageCounters,
+    /// Messages handed out by [`Proxy::poll_transmit`], by kind and transport.
+    pub sent: MessageCounters,
     /// Messages that could not be parsed or validated.
     pub parse_errors: u64,
     /// Requests forwarded (retransmissions excluded).
@@ -282,7 +288,12 @@ impl Proxy {
 
     /// The next message to send.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
-        self.out.pop_front()
+        let transmit = self.out.pop_front()?;
+        self.stats.sent.count(
+            MessageKind::of_bytes(&transmit.bytes),
+            transmit.flow.transport,
+        );
+        Some(transmit)
     }
 
     /// When [`Proxy::handle_timeout`] must next be called.
@@ -339,6 +350,30 @@ impl Proxy {
     /// Counters.
     pub fn stats(&self) -> Stats {
         self.stats
+    }
+
+    /// A snapshot of the counters and of the sizes of the proxy's tables (the caller
+    /// adds what only it knows, such as open connections).
+    pub fn metrics(&self) -> ProxyMetrics {
+        let s = &self.stats;
+        ProxyMetrics {
+            received: s.received,
+            sent: s.sent,
+            parse_errors: s.parse_errors,
+            requests_forwarded: s.requests_forwarded,
+            responses_forwarded: s.responses_forwarded,
+            responses_generated: s.responses_generated,
+            retransmissions: s.retransmissions,
+            refused: s.refused,
+            teams_busy_refused: s.teams_busy_refused,
+            transactions: self.txns.len() as u64,
+            bindings: self.observer.binding_count() as u64,
+            aliases: self.aliases.len() as u64,
+            blf_subscriptions: self.blf.len() as u64,
+            calls_active: self.observer.call_count() as u64,
+            calls: self.observer.call_counts(),
+            connections: 0,
+        }
     }
 
     /// Shutting down: new requests are answered 503 while open transactions finish.
@@ -421,6 +456,11 @@ impl Proxy {
 
     /// A whole message arrived (a datagram already parsed, or framed from a stream).
     pub fn handle_message(&mut self, now: Instant, flow: Flow, msg: Message) {
+        let kind = match msg.method() {
+            Some(method) => MessageKind::of_method(method),
+            None => MessageKind::Response,
+        };
+        self.stats.received.count(kind, flow.transport);
         self.arm_sweep(now);
         let checked = if msg.is_request() {
             msg.validate()

@@ -171,6 +171,11 @@ impl Driver {
             Control::Directory(extensions) => {
                 self.proxy.observer_mut().set_directory(extensions);
             }
+            Control::Metrics(reply) => {
+                let mut metrics = self.proxy.metrics();
+                metrics.connections = self.conns.len() as u64;
+                let _ = reply.send(metrics);
+            }
         }
     }
 

@@ -27,6 +27,7 @@ use tokio::task::JoinHandle;
 use tracing::info;
 
 use crate::config::Config;
+use crate::metrics::ProxyMetrics;
 use crate::observe::{Extension, ExtensionView, ObserveEvent};
 use crate::proxy::{Listener, ProxyConfig};
 use crate::sip::Limits;
@@ -106,6 +107,8 @@ pub(crate) enum Control {
     Extensions(oneshot::Sender<Vec<ExtensionView>>),
     /// The extensions known from the directory (internal-call classification).
     Directory(Vec<String>),
+    /// A snapshot of the proxy's counters.
+    Metrics(oneshot::Sender<ProxyMetrics>),
 }
 
 /// Commands queued for the driver at most; senders wait beyond it (never the SIP path).
@@ -129,6 +132,15 @@ impl RuntimeControl {
     pub async fn extensions(&self) -> Option<Vec<ExtensionView>> {
         let (reply, answer) = oneshot::channel();
         self.tx.send(Control::Extensions(reply)).await.ok()?;
+        answer.await.ok()
+    }
+
+    /// A snapshot of the proxy's counters (messages by method and transport, parse
+    /// errors, transactions, bindings, BLF subscriptions, calls by class, connections);
+    /// `None` when the proxy has stopped. Costs the SIP side one copy of its counters.
+    pub async fn metrics(&self) -> Option<ProxyMetrics> {
+        let (reply, answer) = oneshot::channel();
+        self.tx.send(Control::Metrics(reply)).await.ok()?;
         answer.await.ok()
     }
 

@@ -15,22 +15,35 @@
 //!   core has not taken yet is replaced, never queued.
 //! - **Persistence**: desired and confirmed states go to the store from a task of their
 //!   own, newest per extension, so a slow disk never holds a write back.
+//! - **Status**: what the handle reads ([`SyncHandle::teams_presences`],
+//!   [`SyncHandle::recent_actions`], [`SyncHandle::metrics`]) is kept under one short
+//!   lock beside the core: the last Teams presence per extension, a ring of the last
+//!   [`RECENT_ACTIONS`] things the engine did, and the counters. Sync lag is the time
+//!   from the engine receiving the last phone event a write reflects (a call started or
+//!   ended, DND on or off; ringing → connected changes nothing) to Graph confirming that
+//!   write; writes not caused by a phone event (keep-alives, a new pairing, restart
+//!   recovery) give no sample.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use parking_lot::Mutex;
+use serde::Serialize;
 use tokio::sync::{Notify, Semaphore, broadcast, mpsc};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use super::core::{Link, Output, SyncCore, TeamsState, Write, WriteOutcome, WriteRequest};
+use super::core::{
+    Link, Output, SyncCore, TeamsState, Write, WriteOutcome, WriteReason, WriteRequest,
+};
 use super::notify::{NotificationSetup, notification_loop};
 use crate::config::SyncSettings;
 use crate::graph::{
-    DOMAIN_SCOPES, GraphClient, GraphError, Presence, StoreTokenSink, TokenSet, Tokens, USER_SCOPES,
+    DOMAIN_SCOPES, GraphClient, GraphError, Presence, StoreTokenSink, TokenSet, Tokens,
+    USER_SCOPES, format_datetime,
 };
+use crate::metrics::SyncMetrics;
 use crate::observe::{Extension, ObserveEvent};
 use crate::runtime::RuntimeControl;
 use crate::store::{Resolution, Scope, Store, TokenInfo, TokenKind, TokenStatus};
@@ -67,6 +80,67 @@ impl SyncOptions {
             max_concurrent_writes: 16,
         }
     }
+}
+
+/// How many of the engine's latest actions [`SyncHandle::recent_actions`] keeps.
+pub const RECENT_ACTIONS: usize = 200;
+
+/// Serializes a time as RFC 3339 UTC (`2026-01-02T03:04:05.1234567Z`).
+fn rfc3339<S: serde::Serializer>(at: &SystemTime, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&format_datetime(*at))
+}
+
+/// The last Teams presence the engine saw of an extension's user, from a poll or a
+/// change notification.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TeamsPresence {
+    /// The Graph user (the extension's Teams user).
+    pub user_id: String,
+    /// Base presence, as Graph sent it (`Available`, `Busy`, `DoNotDisturb`, ...).
+    pub availability: String,
+    /// Activity, as Graph sent it (`Available`, `InACall`, `Presenting`, ...).
+    pub activity: String,
+    /// When the engine last saw it.
+    #[serde(serialize_with = "rfc3339")]
+    pub seen_at: SystemTime,
+    /// Since when the engine has seen this availability and activity.
+    #[serde(serialize_with = "rfc3339")]
+    pub since: SystemTime,
+}
+
+/// What kind of thing the engine did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SyncActionKind {
+    /// A Graph write went out (setPresence, clearPresence, preferred presence).
+    WriteSent,
+    /// Graph accepted a write.
+    WriteConfirmed,
+    /// A write failed: retried after a backoff, or blocked until the link changes.
+    WriteFailed,
+    /// The Teams user's presence made the extension DND: calls to it are refused and
+    /// the BLF lamps watching it show busy.
+    TeamsBusyStarted,
+    /// ... no longer does.
+    TeamsBusyEnded,
+    /// The extension's email was resolved to a Teams user.
+    EmailResolved,
+    /// No Teams user has the extension's email (not retried until it changes).
+    EmailNotFound,
+}
+
+/// One thing the engine did, for the status page.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SyncAction {
+    /// When.
+    #[serde(serialize_with = "rfc3339")]
+    pub at: SystemTime,
+    /// The extension it was for.
+    pub extension: String,
+    /// What kind of action.
+    pub kind: SyncActionKind,
+    /// A sentence saying what happened (which presence, which error).
+    pub detail: String,
 }
 
 /// The sync engine; [`SyncEngine::start`] runs it.
@@ -107,6 +181,27 @@ impl SyncHandle {
         self.state.lock().last_errors.clone()
     }
 
+    /// Per extension, the last Teams presence the engine saw for its user (polls and
+    /// change notifications); extensions whose user is not read are absent.
+    pub fn teams_presences(&self) -> HashMap<String, TeamsPresence> {
+        self.state.lock().presences.clone()
+    }
+
+    /// The engine's last [`RECENT_ACTIONS`] actions, oldest first: writes sent,
+    /// confirmed or failed, Teams-busy started and ended, emails resolved or not found.
+    pub fn recent_actions(&self) -> Vec<SyncAction> {
+        self.state.lock().actions.iter().cloned().collect()
+    }
+
+    /// A snapshot of the engine's counters: writes by outcome, retries, sync lag (last
+    /// and histogram), polls, Teams-busy extensions.
+    pub fn metrics(&self) -> SyncMetrics {
+        let state = self.state.lock();
+        let mut metrics = state.metrics.clone();
+        metrics.teams_busy = state.teams_busy.len() as u64;
+        metrics
+    }
+
     /// Stops every task of the engine.
     pub async fn shutdown(self) {
         for task in &self.tasks {
@@ -123,6 +218,77 @@ impl SyncHandle {
 struct Shared {
     teams_busy: std::collections::BTreeSet<String>,
     last_errors: HashMap<String, String>,
+    presences: HashMap<String, TeamsPresence>,
+    actions: VecDeque<SyncAction>,
+    metrics: SyncMetrics,
+}
+
+impl Shared {
+    fn act(&mut self, ext: &str, kind: SyncActionKind, detail: String) {
+        if self.actions.len() >= RECENT_ACTIONS {
+            self.actions.pop_front();
+        }
+        self.actions.push_back(SyncAction {
+            at: SystemTime::now(),
+            extension: ext.to_owned(),
+            kind,
+            detail,
+        });
+    }
+}
+
+/// An extension's phone side as the lag measurement follows it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct PhoneSide {
+    call: bool,
+    dnd: bool,
+}
+
+/// A write on its way to Graph.
+#[derive(Debug)]
+struct Flight {
+    write: Write,
+    sent_at: Instant,
+    /// The phone event it shows, for the lag.
+    event_at: Option<Instant>,
+}
+
+/// `setPresence Busy/InACall`, `clearPresence`, ...
+fn describe(write: Write) -> String {
+    match write {
+        Write::SetSession(p) => {
+            let (availability, activity) = p.pair();
+            format!("setPresence {availability}/{activity}")
+        }
+        Write::ClearSession => "clearPresence".into(),
+        Write::SetPreferred(p) => {
+            let (availability, activity) = p.pair();
+            format!("setUserPreferredPresence {availability}/{activity}")
+        }
+        Write::ClearPreferred => "clearUserPreferredPresence".into(),
+    }
+}
+
+/// What a write does, as a sentence.
+fn sent_sentence(write: Write, reason: WriteReason) -> String {
+    let what = match write {
+        Write::SetSession(p) => {
+            let (availability, activity) = p.pair();
+            match reason {
+                WriteReason::Change => format!("Teams set to {availability}/{activity}"),
+                WriteReason::KeepAlive => {
+                    format!("Teams session {availability}/{activity} renewed before it expires")
+                }
+            }
+        }
+        Write::ClearSession => "Teams session cleared".into(),
+        Write::SetPreferred(p) => {
+            let (availability, activity) = p.pair();
+            format!("Teams preferred presence set to {availability}/{activity}")
+        }
+        Write::ClearPreferred => "Teams preferred presence cleared".into(),
+    };
+    format!("{what} ({})", describe(write))
 }
 
 /// What the poller polls, kept current by the core task.
@@ -309,6 +475,7 @@ impl SyncEngine {
             resolve.clone(),
             reload.clone(),
             options.reload_interval,
+            shared.clone(),
         )));
         let engine = CoreTask {
             core: SyncCore::new(options.settings.rules.clone()),
@@ -326,6 +493,11 @@ impl SyncEngine {
             outcomes: outcomes_tx,
             directory: Vec::new(),
             options,
+            links: HashMap::new(),
+            users: HashMap::new(),
+            phone: HashMap::new(),
+            changed_at: HashMap::new(),
+            flights: HashMap::new(),
         };
         tasks.push(tokio::spawn(engine.run(
             phone_events,
@@ -361,6 +533,16 @@ struct CoreTask {
     /// The directory last handed to the observer.
     directory: Vec<String>,
     options: SyncOptions,
+    /// The links last handed to the core (a changed one is no phone event's doing).
+    links: HashMap<Extension, Link>,
+    /// Graph user → its extensions, for the Teams presences shown per extension.
+    users: HashMap<String, Vec<Extension>>,
+    /// Calls and DND per extension, to tell which phone events change what Teams shows.
+    phone: HashMap<Extension, PhoneSide>,
+    /// The last phone event per extension that no write has shown yet.
+    changed_at: HashMap<Extension, Instant>,
+    /// Writes in flight, by id.
+    flights: HashMap<u64, Flight>,
 }
 
 impl CoreTask {
@@ -425,17 +607,19 @@ impl CoreTask {
                         .then(|| tokio::time::Instant::now() + PHONE_EVENT_BATCH);
                 }
                 Some((ext, id, outcome)) = outcomes.recv() => {
-                    self.note_outcome(&ext, &outcome);
+                    self.note_outcome(&ext, id, &outcome);
                     self.core.write_done(Instant::now(), &ext, id, outcome);
                 }
                 Some(observation) = observations.recv() => {
                     let now = Instant::now();
+                    self.note_presences(&observation.presences);
                     for p in &observation.presences {
                         self.core.teams_presence(now, observation.requested_at, &p.id, &p.availability, &p.activity);
                     }
                 }
                 Some(presence) = notifications.recv() => {
                     let now = Instant::now();
+                    self.note_presences(std::slice::from_ref(&presence));
                     self.core.teams_presence(now, now, &presence.id, &presence.availability, &presence.activity);
                 }
                 () = sleep => self.core.handle_timeout(Instant::now()),
@@ -452,7 +636,11 @@ impl CoreTask {
         event: Result<ObserveEvent, broadcast::error::RecvError>,
     ) -> bool {
         match event {
-            Ok(event) => self.core.phone_event(Instant::now(), &event),
+            Ok(event) => {
+                let now = Instant::now();
+                self.note_phone_event(now, &event);
+                self.core.phone_event(now, &event);
+            }
             Err(broadcast::error::RecvError::Lagged(missed)) => {
                 warn!(
                     missed,
@@ -532,6 +720,14 @@ impl CoreTask {
         };
         let now = Instant::now();
         for view in views {
+            self.note_phone_side(
+                now,
+                &view.extension,
+                PhoneSide {
+                    call: view.external_phase.is_some(),
+                    dnd: view.dnd,
+                },
+            );
             self.core
                 .phone_state(now, &view.extension, view.external_phase, view.dnd);
         }
@@ -570,6 +766,7 @@ impl CoreTask {
         let app_only = self.credentials.app_only.is_some();
         let now = Instant::now();
         let mut unresolved = false;
+        let mut links_changed = false;
         for entry in &directory {
             let ext: Extension = entry.extension.as_str().into();
             let in_scope = scope.includes(&entry.extension);
@@ -587,11 +784,22 @@ impl CoreTask {
                 read_enabled: in_scope && reader.is_some(),
                 token_generation: token.unwrap_or(0),
             };
+            if self.links.get(&ext) != Some(&link) {
+                // what the next write shows is the new link's doing, not a phone event's
+                self.changed_at.remove(&ext);
+                self.links.insert(ext.clone(), link.clone());
+                links_changed = true;
+            }
             self.core.set_link(now, &ext, link);
         }
         let names: std::collections::HashSet<&str> =
             directory.iter().map(|e| e.extension.as_str()).collect();
         self.core.retain_links(now, &|ext| names.contains(ext));
+        let before = self.links.len();
+        self.links.retain(|ext, _| names.contains(&**ext));
+        if links_changed || self.links.len() != before {
+            self.index_users();
+        }
         {
             let mut targets = self.poll_targets.lock();
             targets.users = self.core.watched_users();
@@ -610,14 +818,135 @@ impl CoreTask {
         }
     }
 
-    fn note_outcome(&self, ext: &Extension, outcome: &WriteOutcome) {
+    fn note_outcome(&mut self, ext: &Extension, id: u64, outcome: &WriteOutcome) {
+        let now = Instant::now();
+        let flight = self.flights.remove(&id);
+        let what = flight
+            .as_ref()
+            .map_or_else(|| "Teams write".to_owned(), |f| describe(f.write));
         let mut shared = self.shared.lock();
         match outcome {
             WriteOutcome::Done => {
                 shared.last_errors.remove(&**ext);
+                shared.metrics.writes_ok += 1;
+                let mut detail = format!("Graph confirmed {what}");
+                if let Some(f) = &flight {
+                    detail.push_str(&format!(
+                        " in {} ms",
+                        now.duration_since(f.sent_at).as_millis()
+                    ));
+                    if let Some(at) = f.event_at {
+                        let lag = now.duration_since(at);
+                        shared.metrics.last_lag = Some(lag);
+                        shared.metrics.lag.observe(lag.as_secs_f64());
+                        detail.push_str(&format!(", {} ms after the phone event", lag.as_millis()));
+                    }
+                }
+                shared.act(ext, SyncActionKind::WriteConfirmed, detail);
             }
-            WriteOutcome::Retry(e) | WriteOutcome::Blocked(e) => {
+            WriteOutcome::Retry(e) => {
                 shared.last_errors.insert(ext.to_string(), e.clone());
+                shared.metrics.writes_failed += 1;
+                shared.metrics.retries += 1;
+                // the write that is tried again still shows that phone event
+                if let Some(at) = flight.as_ref().and_then(|f| f.event_at) {
+                    self.changed_at.entry(ext.clone()).or_insert(at);
+                }
+                shared.act(
+                    ext,
+                    SyncActionKind::WriteFailed,
+                    format!("{what} failed: {e}; trying again after a backoff"),
+                );
+            }
+            WriteOutcome::Blocked(e) => {
+                shared.last_errors.insert(ext.to_string(), e.clone());
+                shared.metrics.writes_failed += 1;
+                shared.act(
+                    ext,
+                    SyncActionKind::WriteFailed,
+                    format!(
+                        "{what} failed: {e}; no more writes until the extension's pairing or directory entry changes"
+                    ),
+                );
+            }
+        }
+    }
+
+    /// A phone event: when it changes what Teams should show (a call started or ended,
+    /// DND on or off), the next write shows it.
+    fn note_phone_event(&mut self, now: Instant, event: &ObserveEvent) {
+        let ext = event.extension();
+        let mut side = self.phone.get(ext).copied().unwrap_or_default();
+        match event {
+            ObserveEvent::ExternalCallStarted { .. } => side.call = true,
+            ObserveEvent::ExternalCallEnded { .. } => side.call = false,
+            ObserveEvent::DndChanged { on, .. } => side.dnd = *on,
+        }
+        self.note_phone_side(now, ext, side);
+    }
+
+    fn note_phone_side(&mut self, now: Instant, ext: &Extension, side: PhoneSide) {
+        let before = self.phone.get(ext).copied().unwrap_or_default();
+        if side == PhoneSide::default() {
+            self.phone.remove(ext);
+        } else {
+            self.phone.insert(ext.clone(), side);
+        }
+        if side != before {
+            self.changed_at.insert(ext.clone(), now);
+        }
+    }
+
+    /// Graph user → extensions, from the links.
+    fn index_users(&mut self) {
+        self.users.clear();
+        for (ext, link) in &self.links {
+            if let Some(user) = &link.user_id {
+                self.users
+                    .entry(user.clone())
+                    .or_default()
+                    .push(ext.clone());
+            }
+        }
+        let users = &self.users;
+        self.shared.lock().presences.retain(|ext, p| {
+            users
+                .get(&p.user_id)
+                .is_some_and(|exts| exts.iter().any(|e| **e == **ext))
+        });
+    }
+
+    /// Teams presences read from Graph, kept per extension for the status page.
+    fn note_presences(&self, presences: &[Presence]) {
+        let now = SystemTime::now();
+        let mut shared = self.shared.lock();
+        for p in presences {
+            let Some(exts) = self.users.get(&p.id) else {
+                continue;
+            };
+            let (availability, activity) = (p.availability.as_str(), p.activity.as_str());
+            for ext in exts {
+                match shared.presences.get_mut(&**ext) {
+                    Some(seen)
+                        if seen.user_id == p.id
+                            && seen.availability == availability
+                            && seen.activity == activity =>
+                    {
+                        seen.seen_at = now;
+                    }
+                    _ => {
+                        shared.presences.insert(
+                            ext.to_string(),
+                            TeamsPresence {
+                                user_id: p.id.clone(),
+                                availability: availability.to_owned(),
+                                activity: activity.to_owned(),
+                                seen_at: now,
+                                since: now,
+                            },
+                        );
+                    }
+                }
             }
         }
     }
@@ -631,10 +960,29 @@ impl CoreTask {
                 Output::TeamsBusy { ext, busy } => {
                     {
                         let mut shared = self.shared.lock();
+                        let presence = shared
+                            .presences
+                            .get(&*ext)
+                            .map(|p| format!("{}/{}", p.availability, p.activity))
+                            .unwrap_or_else(|| "its Teams presence".into());
                         if busy {
                             shared.teams_busy.insert(ext.to_string());
+                            shared.act(
+                                &ext,
+                                SyncActionKind::TeamsBusyStarted,
+                                format!(
+                                    "Teams user is {presence}: the extension is DND, new calls to it are refused and BLF lamps show it busy"
+                                ),
+                            );
                         } else {
                             shared.teams_busy.remove(&*ext);
+                            shared.act(
+                                &ext,
+                                SyncActionKind::TeamsBusyEnded,
+                                format!(
+                                    "Teams user is {presence}: the extension takes calls again and BLF lamps follow the PBX"
+                                ),
+                            );
                         }
                     }
                     self.control.set_teams_busy(ext, busy).await;
@@ -654,7 +1002,24 @@ impl CoreTask {
         }
     }
 
-    fn spawn_write(&self, request: WriteRequest) {
+    fn spawn_write(&mut self, request: WriteRequest) {
+        let event_at = match request.reason {
+            WriteReason::Change => self.changed_at.remove(&request.ext),
+            WriteReason::KeepAlive => None,
+        };
+        self.flights.insert(
+            request.id,
+            Flight {
+                write: request.write,
+                sent_at: Instant::now(),
+                event_at,
+            },
+        );
+        self.shared.lock().act(
+            &request.ext,
+            SyncActionKind::WriteSent,
+            sent_sentence(request.write, request.reason),
+        );
         let outcomes = self.outcomes.clone();
         let Some(tokens) = self.credentials.writer(&request.ext) else {
             // the token went away between the link and the write: the next reload
@@ -751,9 +1116,13 @@ async fn poll_loop(
             let requested_at = Instant::now();
             match graph.presences_by_user_id(&reader, &users).await {
                 Ok(presences) => {
-                    if last_error.take().is_some() {
-                        info!("Teams presence poll works again");
-                        shared.lock().last_errors.remove("*");
+                    {
+                        let mut shared = shared.lock();
+                        shared.metrics.polls_ok += 1;
+                        if last_error.take().is_some() {
+                            info!("Teams presence poll works again");
+                            shared.last_errors.remove("*");
+                        }
                     }
                     let observation = Observation {
                         requested_at,
@@ -771,6 +1140,7 @@ async fn poll_loop(
                     }
                 }
                 Err(e) => {
+                    shared.lock().metrics.polls_failed += 1;
                     let text = e.to_string();
                     if last_error.as_deref() != Some(text.as_str()) {
                         warn!(error = %text, "Teams presence poll failed; the last known presence stays");
@@ -857,6 +1227,7 @@ async fn resolve_loop(
     wake: Arc<Notify>,
     resolved: Arc<Notify>,
     interval: Duration,
+    shared: Arc<Mutex<Shared>>,
 ) {
     loop {
         tokio::select! {
@@ -902,9 +1273,28 @@ async fn resolve_loop(
                     continue;
                 }
             };
-            if let Resolution::Failed { error } = &resolution {
-                warn!(ext = %entry.extension, %error, "extension has no Teams user: reported, not retried until its email changes");
-            }
+            let (kind, detail) = match &resolution {
+                Resolution::Resolved {
+                    graph_user_id,
+                    display_name,
+                } => (
+                    SyncActionKind::EmailResolved,
+                    match display_name {
+                        Some(name) => {
+                            format!("{email} resolved to the Teams user {name} ({graph_user_id})")
+                        }
+                        None => format!("{email} resolved to the Teams user {graph_user_id}"),
+                    },
+                ),
+                Resolution::Failed { error } => {
+                    warn!(ext = %entry.extension, %error, "extension has no Teams user: reported, not retried until its email changes");
+                    (
+                        SyncActionKind::EmailNotFound,
+                        format!("{email}: {error}; not tried again until the email changes"),
+                    )
+                }
+            };
+            shared.lock().act(&entry.extension, kind, detail);
             match store.set_resolution(&entry.extension, &resolution) {
                 Ok(()) => changed = true,
                 Err(e) => {

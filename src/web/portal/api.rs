@@ -60,7 +60,7 @@ async fn status(State(portal): State<Portal>, headers: HeaderMap) -> Response {
 struct ActionView {
     at_ms: u64,
     extension: String,
-    kind: String,
+    kind: crate::sync::SyncActionKind,
     detail: String,
 }
 
@@ -73,12 +73,13 @@ async fn actions(State(portal): State<Portal>, headers: HeaderMap) -> Response {
         .sync
         .as_ref()
         .map(|sync| {
-            // PENDING-ACTIONS
-            let _ = sync;
-            Vec::<ActionView>::new()
+            sync.recent_actions()
                 .into_iter()
                 .map(|a| ActionView {
-                    at_ms: a.at_ms + u64::from(UNIX_EPOCH.elapsed().is_err()),
+                    at_ms: a
+                        .at
+                        .duration_since(UNIX_EPOCH)
+                        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
                     extension: a.extension,
                     kind: a.kind,
                     detail: a.detail,

@@ -170,7 +170,7 @@ impl StatusSource {
             .collect();
         let (presences, busy, errors) = match &self.sync {
             Some(sync) => (
-                HashMap::<String, TeamsView>::new(), // PENDING-PRESENCES
+                sync.teams_presences(),
                 sync.teams_busy(),
                 sync.last_errors(),
             ),
