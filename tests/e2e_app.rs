@@ -173,7 +173,7 @@ poll_interval_ms = 200
     let to_emulator = user.get("/user/sign-in").await;
     assert_eq!(
         to_emulator.status,
-        StatusCode::FOUND,
+        StatusCode::SEE_OTHER,
         "{}",
         to_emulator.body
     );

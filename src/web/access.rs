@@ -116,7 +116,8 @@ impl fmt::Debug for PairingSessions {
     }
 }
 
-fn digest(secret: &str) -> [u8; 32] {
+/// SHA-256 of a cookie secret: what the in-memory session tables keep.
+pub(crate) fn digest(secret: &str) -> [u8; 32] {
     let d = ring::digest::digest(&ring::digest::SHA256, secret.as_bytes());
     let mut out = [0u8; 32];
     out.copy_from_slice(d.as_ref());

@@ -115,23 +115,31 @@ pub fn see_other(location: &str) -> Response {
 }
 
 /// Adds the headers every response of the OAuth routes carries.
-pub(super) fn secure_headers(mut response: Response) -> Response {
+pub(super) fn secure_headers(response: Response) -> Response {
+    secure_headers_with(
+        response,
+        HeaderValue::from_static("no-referrer"),
+        HeaderValue::from_static(
+            "default-src 'none'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+        ),
+    )
+}
+
+/// `Cache-Control: no-store`, `X-Content-Type-Options: nosniff`, and this referrer
+/// policy and Content-Security-Policy.
+pub(super) fn secure_headers_with(
+    mut response: Response,
+    referrer_policy: HeaderValue,
+    content_security_policy: HeaderValue,
+) -> Response {
     let headers = response.headers_mut();
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    headers.insert(
-        header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
-    );
+    headers.insert(header::REFERRER_POLICY, referrer_policy);
     headers.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
-    headers.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(
-            "default-src 'none'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
-        ),
-    );
+    headers.insert(header::CONTENT_SECURITY_POLICY, content_security_policy);
     response
 }
 

@@ -300,7 +300,7 @@ impl Product {
     pub async fn user(&self, upn: &str) -> (PortalClient, Reply) {
         let mut user = PortalClient::new(&self.web);
         let to_emulator = user.get("/user/sign-in").await;
-        assert_eq!(to_emulator.status, StatusCode::FOUND);
+        assert_eq!(to_emulator.status, StatusCode::SEE_OTHER);
         let back = user
             .through_emulator(
                 &to_emulator.location.unwrap(),

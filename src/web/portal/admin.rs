@@ -14,7 +14,7 @@ use axum::response::Response;
 use axum::routing::{get, post};
 
 use super::session::{SessionView, Who, constant_time_eq, random_token};
-use super::{Nav, Portal, PortalSessions, csrf_field, utc};
+use super::{Nav, Portal, csrf_field, to_identity_platform, utc, with_cookie};
 use crate::store::{Scope, Store, StoreError, TokenKind, TokenStatus};
 use crate::web::cookie_values;
 use crate::web::pages::escape;
@@ -155,7 +155,7 @@ fn login_form(
         action = escape(&portal.url("/admin/login")),
         token = escape(&token),
     );
-    let mut response = portal.page(status, "Administrator sign-in", &Nav::None, &body);
+    let response = portal.page(status, "Administrator sign-in", &Nav::None, &body);
     let cookie = format!(
         "{LOGIN_COOKIE}={token}; Path={}; Max-Age=3600; HttpOnly; SameSite=Strict{}",
         portal.service().session_cookie_path(),
@@ -165,10 +165,7 @@ fn login_form(
             ""
         }
     );
-    if let Ok(value) = cookie.parse() {
-        response.headers_mut().append(header::SET_COOKIE, value);
-    }
-    response
+    with_cookie(response, &cookie)
 }
 
 async fn login_page(State(portal): State<Portal>, headers: HeaderMap) -> Response {
@@ -232,21 +229,8 @@ async fn login(
         );
     }
     portal.inner.limiter.succeeded(peer);
-    let secret = match portal.sessions().issue(Who::Admin) {
-        Ok(s) => s,
-        Err(_) => return store_failed(&portal, "random generator"),
-    };
     tracing::info!(%peer, outcome = "signed_in", "admin sign-in");
-    let mut response = portal.see_other("/admin/teams");
-    let cookie = portal.sessions().set_cookie(
-        &secret,
-        &portal.service().session_cookie_path(),
-        portal.service().secure_cookies(),
-    );
-    if let Ok(value) = cookie.parse() {
-        response.headers_mut().append(header::SET_COOKIE, value);
-    }
-    response
+    portal.signed_in(Who::Admin, "/admin/teams")
 }
 
 async fn logout(
@@ -254,21 +238,10 @@ async fn logout(
     headers: HeaderMap,
     Form(form): FormData,
 ) -> Response {
-    let session = match admin_form(&portal, &headers, &form) {
-        Ok(s) => s,
-        Err(r) => return *r,
-    };
-    drop(session);
-    portal.sessions().end(&headers);
-    let mut response = portal.see_other("/admin/login");
-    let cookie = PortalSessions::clear_cookie(
-        &portal.service().session_cookie_path(),
-        portal.service().secure_cookies(),
-    );
-    if let Ok(value) = cookie.parse() {
-        response.headers_mut().append(header::SET_COOKIE, value);
+    if let Err(r) = admin_form(&portal, &headers, &form) {
+        return *r;
     }
-    response
+    portal.sign_out(&headers, "/admin/login")
 }
 
 // -------------------------------------------------------------------------------------
@@ -441,13 +414,11 @@ async fn admin_grant(
     if let Err(r) = admin_form(&portal, &headers, &form) {
         return *r;
     }
-    match portal
-        .service()
-        .start_admin_consent_from(Some("/admin/teams"))
-    {
-        Ok(url) => crate::web::pages::see_other(&url),
-        Err(e) => e.respond(),
-    }
+    to_identity_platform(
+        portal
+            .service()
+            .start_admin_consent_from(Some("/admin/teams")),
+    )
 }
 
 async fn get_oauth_token(
@@ -458,13 +429,11 @@ async fn get_oauth_token(
     if let Err(r) = admin_form(&portal, &headers, &form) {
         return *r;
     }
-    match portal
-        .service()
-        .start_domain_sign_in_from(Some("/admin/teams"))
-    {
-        Ok(url) => crate::web::pages::see_other(&url),
-        Err(e) => e.respond(),
-    }
+    to_identity_platform(
+        portal
+            .service()
+            .start_domain_sign_in_from(Some("/admin/teams")),
+    )
 }
 
 // -------------------------------------------------------------------------------------

@@ -209,27 +209,62 @@ impl Portal {
     /// `same-origin`: nothing leaks to other sites, and the browser's `Origin` on the
     /// portal's own form posts stays a real origin (with `no-referrer` Chromium sends
     /// `Origin: null`, which the origin check refuses).
-    fn secure(&self, mut response: Response) -> Response {
-        let headers = response.headers_mut();
-        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        headers.insert(
-            header::REFERRER_POLICY,
+    fn secure(&self, response: Response) -> Response {
+        super::pages::secure_headers_with(
+            response,
             HeaderValue::from_static("same-origin"),
-        );
-        headers.insert(
-            header::X_CONTENT_TYPE_OPTIONS,
-            HeaderValue::from_static("nosniff"),
-        );
-        headers.insert(
-            header::CONTENT_SECURITY_POLICY,
             self.inner.content_security_policy.clone(),
-        );
-        response
+        )
     }
 
     /// A 303 to `path` under the public base.
     fn see_other(&self, path: &str) -> Response {
         super::pages::see_other(&self.url(path))
+    }
+
+    /// Ends the request's session, deletes its cookie and sends the browser to `path`.
+    fn sign_out(&self, headers: &HeaderMap, path: &str) -> Response {
+        self.sessions().end(headers);
+        let cookie = PortalSessions::clear_cookie(
+            &self.inner.service.session_cookie_path(),
+            self.inner.service.secure_cookies(),
+        );
+        with_cookie(self.see_other(path), &cookie)
+    }
+
+    /// Starts the session of `who`: its cookie on a 303 to `path`.
+    fn signed_in(&self, who: Who, path: &str) -> Response {
+        match self.sessions().issue(who) {
+            Ok(secret) => {
+                let cookie = self.sessions().set_cookie(
+                    &secret,
+                    &self.inner.service.session_cookie_path(),
+                    self.inner.service.secure_cookies(),
+                );
+                with_cookie(self.see_other(path), &cookie)
+            }
+            Err(_) => self.refusal(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Something went wrong",
+                "The system random generator failed.",
+            ),
+        }
+    }
+}
+
+/// `response` with one more `Set-Cookie`.
+fn with_cookie(mut response: Response, cookie: &str) -> Response {
+    if let Ok(value) = HeaderValue::from_str(cookie) {
+        response.headers_mut().append(header::SET_COOKIE, value);
+    }
+    response
+}
+
+/// A 303 to the identity platform for a flow just started, or the flow's refusal.
+fn to_identity_platform(started: Result<String, super::WebError>) -> Response {
+    match started {
+        Ok(url) => super::pages::see_other(&url),
+        Err(e) => e.respond(),
     }
 }
 
@@ -304,25 +339,18 @@ fn document(base: &str, title: &str, nav_html: &str, body: &str) -> String {
 /// A page in the portal's look for pages served beside it (the demo's): `body` is HTML
 /// the caller escaped. Scripts, styles and forms are limited to this origin.
 pub fn standalone_page(public_base: &str, title: &str, nav_html: &str, body: &str) -> Response {
-    let mut response = (
-        StatusCode::OK,
-        Html(document(public_base, title, nav_html, body)),
-    )
-        .into_response();
-    let headers = response.headers_mut();
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    headers.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    headers.insert(
-        header::CONTENT_SECURITY_POLICY,
+    super::pages::secure_headers_with(
+        (
+            StatusCode::OK,
+            Html(document(public_base, title, nav_html, body)),
+        )
+            .into_response(),
+        HeaderValue::from_static("same-origin"),
         HeaderValue::from_static(
             "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; \
              form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
         ),
-    );
-    response
+    )
 }
 
 /// A hidden CSRF field for `session`'s forms.

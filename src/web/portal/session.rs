@@ -19,6 +19,7 @@ use parking_lot::Mutex;
 use ring::rand::{SecureRandom, SystemRandom};
 use tokio::time::Instant;
 
+use crate::web::access::digest;
 use crate::web::{AccessPolicy, Action, RandomError, cookie_values};
 
 /// The name of the portal's session cookie.
@@ -98,13 +99,6 @@ impl fmt::Debug for PortalSessions {
             .field("ttl", &self.ttl)
             .finish()
     }
-}
-
-fn digest(secret: &str) -> [u8; 32] {
-    let d = ring::digest::digest(&ring::digest::SHA256, secret.as_bytes());
-    let mut out = [0u8; 32];
-    out.copy_from_slice(d.as_ref());
-    out
 }
 
 /// 256 random bits, base64url.

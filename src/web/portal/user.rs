@@ -7,13 +7,13 @@ use std::collections::HashMap;
 
 use axum::Router;
 use axum::extract::{Form, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::routing::{get, post};
 use serde::Serialize;
 
 use super::session::SessionView;
-use super::{Nav, Portal, PortalSessions, csrf_field};
+use super::{Nav, Portal, csrf_field, to_identity_platform};
 use crate::store::{TokenKey, TokenStatus};
 use crate::web::WebError;
 use crate::web::pages::escape;
@@ -148,10 +148,7 @@ async fn user_page(
 }
 
 async fn sign_in(State(portal): State<Portal>) -> Response {
-    match portal.service().start_user_sign_in("/user") {
-        Ok(url) => crate::web::pages::redirect(&url),
-        Err(e) => e.respond(),
-    }
+    to_identity_platform(portal.service().start_user_sign_in("/user"))
 }
 
 async fn pair(State(portal): State<Portal>, headers: HeaderMap, Form(form): FormData) -> Response {
@@ -208,14 +205,5 @@ async fn sign_out(
     if let Err(r) = user_form(&portal, &headers, &form) {
         return *r;
     }
-    portal.sessions().end(&headers);
-    let mut response = portal.see_other("/user");
-    let cookie = PortalSessions::clear_cookie(
-        &portal.service().session_cookie_path(),
-        portal.service().secure_cookies(),
-    );
-    if let Ok(value) = cookie.parse() {
-        response.headers_mut().append(header::SET_COOKIE, value);
-    }
-    response
+    portal.sign_out(&headers, "/user")
 }
