@@ -333,6 +333,7 @@ pub async fn start(options: DemoOptions) -> Result<Demo, DemoError> {
         })
         .await
         .map_err(|e| DemoError::Setup(format!("the scripted call: {e}")))?;
+    wait_for_teams(&http, &emulator.control_url(), USERS[0].upn, "Busy").await?;
 
     Ok(Demo {
         portal_url,
@@ -347,6 +348,38 @@ pub async fn start(options: DemoOptions) -> Result<Demo, DemoError> {
         data_dir,
         remove_data_dir,
     })
+}
+
+/// Waits until Teams (the emulator's aggregate presence) shows `upn` as `availability`.
+async fn wait_for_teams(
+    http: &reqwest::Client,
+    control: &str,
+    upn: &str,
+    availability: &str,
+) -> Result<(), DemoError> {
+    let deadline = tokio::time::Instant::now() + STEP_DEADLINE;
+    loop {
+        let seen = match http
+            .get(format!("{control}/users/{upn}/presence"))
+            .send()
+            .await
+        {
+            Ok(response) => response.json::<serde_json::Value>().await.ok(),
+            Err(_) => None,
+        };
+        let now = seen
+            .as_ref()
+            .and_then(|v| v["aggregate"]["availability"].as_str().map(str::to_owned));
+        if now.as_deref() == Some(availability) {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(DemoError::Setup(format!(
+                "Teams never showed {upn} as {availability} (last seen: {now:?})"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 async fn register_redirect_uri(
