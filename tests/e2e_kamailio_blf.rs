@@ -30,17 +30,16 @@ mod emulator_support;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use e2e_support::{
     DEADLINE, Process, SippRun, assert_success, fail, free_port, logged_messages, require_sipp,
     spawn_kamailio, spawn_sipp, start_proxy, test_dir, wait_bound,
 };
-use emulator_support::{BOB, Env, REDIRECT, claims};
+use emulator_support::{BOB, Env};
 use presence_proxy::config::SyncSettings;
-use presence_proxy::emulator::{CONTOSO_CLIENT_ID, CONTOSO_CLIENT_SECRET};
-use presence_proxy::graph::{DOMAIN_SCOPES, GraphClient, GraphConfig, USER_SCOPES};
-use presence_proxy::store::{EncryptionKey, NewToken, Secret, Store, TokenKey};
+use presence_proxy::graph::{DOMAIN_SCOPES, USER_SCOPES};
+use presence_proxy::store::{EncryptionKey, Store, TokenKey};
 use presence_proxy::sync::{SyncEngine, SyncHandle, SyncOptions};
 use presence_proxy::transport::Transport;
 
@@ -135,39 +134,6 @@ fn notify_replies(dir: &Path) -> Vec<String> {
 
 // -------------------------------------------------------------------- Teams side
 
-/// Signs `user` in through the emulator and stores the token under `key`.
-async fn pair(env: &Env, store: &Store, key: &TokenKey, user: &str, scope: &str) {
-    let body = env.sign_in(user, scope).await;
-    let id = claims(body["id_token"].as_str().unwrap());
-    let expires_in = body["expires_in"].as_u64().unwrap();
-    let token = NewToken {
-        subject_upn: id["preferred_username"].as_str().map(str::to_owned),
-        graph_user_oid: id["oid"].as_str().map(str::to_owned),
-        scopes: body["scope"]
-            .as_str()
-            .unwrap()
-            .split(' ')
-            .map(str::to_owned)
-            .collect(),
-        access_token: Secret::new(body["access_token"].as_str().unwrap().to_owned()),
-        access_expires_at: SystemTime::now() + Duration::from_secs(expires_in),
-        refresh_token: body["refresh_token"]
-            .as_str()
-            .map(|t| Secret::new(t.to_owned())),
-    };
-    store.put_token(key, &token).unwrap();
-}
-
-fn graph_client(env: &Env) -> GraphClient {
-    let mut config = GraphConfig::new(TENANT, CONTOSO_CLIENT_ID, CONTOSO_CLIENT_SECRET, REDIRECT)
-        .with_bases(env.emu.login_url(), env.emu.graph_url());
-    config.retry.max_attempts = 2;
-    config.retry.base_delay = Duration::from_millis(50);
-    config.retry.max_delay = Duration::from_millis(200);
-    config.request_timeout = Duration::from_secs(5);
-    GraphClient::new(config).unwrap()
-}
-
 fn options() -> SyncOptions {
     let mut settings = SyncSettings {
         poll_interval: Duration::from_millis(200),
@@ -175,8 +141,7 @@ fn options() -> SyncOptions {
     };
     settings.rules.retry_max = Duration::from_secs(2);
     let mut options = SyncOptions::new(settings);
-    // the engine resolves directory emails every 12 reloads when nothing wakes it (as
-    // here: bob's paired token already names his user), and the test waits for that
+    // the links (and the directory's resolutions) are read again at every reload
     options.reload_interval = Duration::from_millis(200);
     options
 }
@@ -199,23 +164,21 @@ async fn world(pbx_port: u16) -> World {
         .upsert_extension(EXT, Some("bob@contoso.example"))
         .unwrap();
     store.set_pbx_to_teams_enabled(true).unwrap();
-    pair(
-        &env,
+    env.store_token(
         &store,
         &TokenKey::user(EXT),
         "bob@contoso.example",
         USER_SCOPES,
     )
     .await;
-    pair(
-        &env,
+    env.store_token(
         &store,
         &TokenKey::domain(TENANT),
         "alice@contoso.example",
         DOMAIN_SCOPES,
     )
     .await;
-    let graph = graph_client(&env);
+    let graph = env.graph_client();
     let proxy = start_proxy(pbx_port, None).await;
     let sync = SyncEngine::start(
         options(),

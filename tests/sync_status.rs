@@ -15,18 +15,17 @@ mod e2e_support;
 mod emulator_support;
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use e2e_support::{
     DEADLINE, SippRun, assert_success, fail, free_port, require_sipp, spawn_sipp, start_proxy,
     test_dir, wait_bound,
 };
-use emulator_support::{BOB, Env, REDIRECT, claims};
+use emulator_support::BOB;
 use presence_proxy::config::SyncSettings;
-use presence_proxy::emulator::{CONTOSO_CLIENT_ID, CONTOSO_CLIENT_SECRET};
-use presence_proxy::graph::{DOMAIN_SCOPES, GraphClient, GraphConfig, USER_SCOPES};
+use presence_proxy::graph::{DOMAIN_SCOPES, USER_SCOPES};
 use presence_proxy::metrics::render;
-use presence_proxy::store::{EncryptionKey, NewToken, Secret, Store, TokenKey};
+use presence_proxy::store::{EncryptionKey, Store, TokenKey};
 use presence_proxy::sync::{SyncAction, SyncActionKind, SyncEngine, SyncHandle, SyncOptions};
 use presence_proxy::transport::Transport;
 
@@ -36,39 +35,6 @@ const TENANT: &str = "contoso.example";
 const LOOK: Duration = Duration::from_millis(5);
 /// How long one wait may take.
 const WITHIN: Duration = Duration::from_secs(10);
-
-/// Signs `user` in through the emulator and stores the token under `key`.
-async fn pair(env: &Env, store: &Store, key: &TokenKey, user: &str, scope: &str) {
-    let body = env.sign_in(user, scope).await;
-    let id = claims(body["id_token"].as_str().unwrap());
-    let expires_in = body["expires_in"].as_u64().unwrap();
-    let token = NewToken {
-        subject_upn: id["preferred_username"].as_str().map(str::to_owned),
-        graph_user_oid: id["oid"].as_str().map(str::to_owned),
-        scopes: body["scope"]
-            .as_str()
-            .unwrap()
-            .split(' ')
-            .map(str::to_owned)
-            .collect(),
-        access_token: Secret::new(body["access_token"].as_str().unwrap().to_owned()),
-        access_expires_at: SystemTime::now() + Duration::from_secs(expires_in),
-        refresh_token: body["refresh_token"]
-            .as_str()
-            .map(|t| Secret::new(t.to_owned())),
-    };
-    store.put_token(key, &token).unwrap();
-}
-
-fn graph_client(env: &Env) -> GraphClient {
-    let mut config = GraphConfig::new(TENANT, CONTOSO_CLIENT_ID, CONTOSO_CLIENT_SECRET, REDIRECT)
-        .with_bases(env.emu.login_url(), env.emu.graph_url());
-    config.retry.max_attempts = 2;
-    config.retry.base_delay = Duration::from_millis(50);
-    config.retry.max_delay = Duration::from_millis(200);
-    config.request_timeout = Duration::from_secs(5);
-    GraphClient::new(config).unwrap()
-}
 
 fn options() -> SyncOptions {
     let settings = SyncSettings {
@@ -109,23 +75,21 @@ async fn a_call_shows_in_recent_actions_teams_presence_and_sync_lag() {
         .upsert_extension(EXT, Some("bob@contoso.example"))
         .unwrap();
     store.set_pbx_to_teams_enabled(true).unwrap();
-    pair(
-        &env,
+    env.store_token(
         &store,
         &TokenKey::user(EXT),
         "bob@contoso.example",
         USER_SCOPES,
     )
     .await;
-    pair(
-        &env,
+    env.store_token(
         &store,
         &TokenKey::domain(TENANT),
         "alice@contoso.example",
         DOMAIN_SCOPES,
     )
     .await;
-    let graph = graph_client(&env);
+    let graph = env.graph_client();
     let pbx_port = free_port();
     let proxy = start_proxy(pbx_port, None).await;
     let sync = SyncEngine::start(

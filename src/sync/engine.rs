@@ -775,7 +775,11 @@ impl CoreTask {
                     .get(entry.extension.as_str())
                     .map(|s| (*s).to_owned())
             });
-            unresolved |= user_id.is_none() && entry.email.is_some() && entry.last_error.is_none();
+            // the directory shows whom an email names even when a paired token
+            // already tells the engine
+            unresolved |= entry.graph_user_id.is_none()
+                && entry.email.is_some()
+                && entry.last_error.is_none();
             let token = user_tokens.get(&entry.extension).copied();
             let link = Link {
                 user_id,

@@ -4,13 +4,15 @@
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use presence_proxy::emulator::{
     CONTOSO_CLIENT_ID, CONTOSO_CLIENT_SECRET, Emulator, EmulatorConfig, EmulatorHandle,
 };
+use presence_proxy::graph::{GraphClient, GraphConfig};
+use presence_proxy::store::{NewToken, Secret, Store, TokenKey};
 use serde_json::{Value, json};
 
 pub const REDIRECT: &str = "http://127.0.0.1:8080/oauth/callback";
@@ -367,4 +369,47 @@ pub fn capture_logs() -> Buffer {
         buffer
     })
     .clone()
+}
+
+impl Env {
+    /// Signs `user` in through the emulator and stores the token under `key`, as a
+    /// completed pairing (or domain sign-in) would.
+    pub async fn store_token(&self, store: &Store, key: &TokenKey, user: &str, scope: &str) {
+        let body = self.sign_in(user, scope).await;
+        let id = claims(body["id_token"].as_str().unwrap());
+        let expires_in = body["expires_in"].as_u64().unwrap();
+        let token = NewToken {
+            subject_upn: id["preferred_username"].as_str().map(str::to_owned),
+            graph_user_oid: id["oid"].as_str().map(str::to_owned),
+            scopes: body["scope"]
+                .as_str()
+                .unwrap()
+                .split(' ')
+                .map(str::to_owned)
+                .collect(),
+            access_token: Secret::new(body["access_token"].as_str().unwrap().to_owned()),
+            access_expires_at: SystemTime::now() + Duration::from_secs(expires_in),
+            refresh_token: body["refresh_token"]
+                .as_str()
+                .map(|t| Secret::new(t.to_owned())),
+        };
+        store.put_token(key, &token).unwrap();
+    }
+
+    /// A Graph client of tenant contoso against this emulator, with short retries: an
+    /// outage is waited out by the sync engine's own backoff, not by the client's.
+    pub fn graph_client(&self) -> GraphClient {
+        let mut config = GraphConfig::new(
+            "contoso.example",
+            CONTOSO_CLIENT_ID,
+            CONTOSO_CLIENT_SECRET,
+            REDIRECT,
+        )
+        .with_bases(self.emu.login_url(), self.emu.graph_url());
+        config.retry.max_attempts = 2;
+        config.retry.base_delay = Duration::from_millis(50);
+        config.retry.max_delay = Duration::from_millis(200);
+        config.request_timeout = Duration::from_secs(5);
+        GraphClient::new(config).unwrap()
+    }
 }
