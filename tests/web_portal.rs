@@ -448,3 +448,66 @@ async fn the_admin_maps_extensions_by_hand_and_by_csv() {
     let _ = &product.env;
     product.stop().await;
 }
+
+#[test]
+fn without_a_configured_hash_the_first_start_makes_a_password_and_keeps_it() {
+    use presence_proxy::config::WebSettings;
+    use presence_proxy::store::{EncryptionKey, Store};
+    let dir = tempfile::tempdir().unwrap();
+    let (key, _) = EncryptionKey::generate().unwrap();
+    let store = Store::open(dir.path().join("store.sqlite3"), key).unwrap();
+    let mut web = WebSettings {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        public_url: None,
+        admin_password_hash: None,
+        api_token_file: None,
+        session_minutes: 720,
+    };
+    let first = presence_proxy::app::portal_options(&web, &store).unwrap();
+    let stored = store.admin_password_hash().unwrap().expect("stored");
+    assert_eq!(stored.expose(), first.admin_password_hash.expose());
+    assert!(presence_proxy::web::check_password_hash(stored.expose()).is_ok());
+    let again = presence_proxy::app::portal_options(&web, &store).unwrap();
+    assert_eq!(
+        again.admin_password_hash.expose(),
+        first.admin_password_hash.expose(),
+        "kept, not made again"
+    );
+    // a configured hash wins over the store's
+    let configured = portal_support::admin_password_hash();
+    web.admin_password_hash = Some(configured.clone());
+    let options = presence_proxy::app::portal_options(&web, &store).unwrap();
+    assert_eq!(options.admin_password_hash.expose(), &configured);
+    // an API token file with an empty first line is an error naming the file
+    std::fs::write(dir.path().join("token.txt"), "\n").unwrap();
+    web.api_token_file = Some(dir.path().join("token.txt"));
+    let err = presence_proxy::app::portal_options(&web, &store).unwrap_err();
+    assert!(err.to_string().contains("token.txt"), "{err}");
+}
+
+#[test]
+fn hash_password_prints_a_hash_the_portal_accepts() {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_presence-proxy"))
+        .arg("hash-password")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"s3cret words\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let hash = String::from_utf8(out.stdout).unwrap();
+    let hash = hash.trim();
+    assert!(hash.starts_with("$argon2id$"), "{hash}");
+    assert!(presence_proxy::web::verify_password(hash, "s3cret words"));
+    assert!(!presence_proxy::web::verify_password(
+        hash,
+        "s3cret words\n"
+    ));
+}
