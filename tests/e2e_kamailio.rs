@@ -19,7 +19,6 @@ mod e2e_support;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use e2e_support::{
@@ -28,49 +27,6 @@ use e2e_support::{
 };
 use presence_proxy::transport::Transport;
 
-/// The kamailio binary: on PATH, or where Debian puts it (/usr/sbin is not on every
-/// user's PATH).
-fn kamailio_program() -> String {
-    for candidate in ["kamailio", "/usr/sbin/kamailio", "/usr/local/sbin/kamailio"] {
-        let runs = Command::new(candidate)
-            .arg("-v")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok();
-        if runs {
-            return candidate.to_owned();
-        }
-    }
-    panic!("`kamailio` is not installed: install kamailio (scripts/test.sh does)");
-}
-
-/// The directory holding Kamailio's modules (tm.so among them).
-fn kamailio_modules() -> PathBuf {
-    let mut candidates: Vec<PathBuf> = Vec::new();
-    if let Ok(entries) = std::fs::read_dir("/usr/lib") {
-        for entry in entries.flatten() {
-            candidates.push(entry.path().join("kamailio").join("modules"));
-        }
-    }
-    candidates.extend(
-        [
-            "/usr/lib/kamailio/modules",
-            "/usr/lib64/kamailio/modules",
-            "/usr/local/lib/kamailio/modules",
-            "/usr/local/lib64/kamailio/modules",
-        ]
-        .map(PathBuf::from),
-    );
-    candidates
-        .into_iter()
-        .find(|dir| dir.join("tm.so").is_file() && dir.join("registrar.so").is_file())
-        .unwrap_or_else(|| {
-            panic!("Kamailio's modules (tm.so, registrar.so) not found: install kamailio (scripts/test.sh does)")
-        })
-}
-
 /// Writes the registrar configuration for `port` into `dir`.
 fn write_config(dir: &Path, port: u16) -> PathBuf {
     let template = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -78,7 +34,7 @@ fn write_config(dir: &Path, port: u16) -> PathBuf {
         .join("kamailio")
         .join("registrar.cfg");
     let text = std::fs::read_to_string(&template).expect("tests/kamailio/registrar.cfg");
-    let modules = kamailio_modules();
+    let modules = e2e_support::kamailio_modules(&["tm.so", "registrar.so"]);
     let text = text
         .replace("__SIP_PORT__", &port.to_string())
         .replace("__MODULES_DIR__", &format!("{}/", modules.display()));
@@ -131,7 +87,7 @@ async fn a_call_through_kamailio_reaches_a_phone_registered_over_tcp() {
 
 async fn call_registered_phone(transport: PhoneA) {
     require_sipp();
-    let program = kamailio_program();
+    let program = e2e_support::kamailio_program();
     let mut dir = test_dir("presence-e2e-kamailio-");
 
     let kamailio_port = free_port();

@@ -29,7 +29,6 @@ mod emulator_support;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use e2e_support::{
@@ -50,58 +49,6 @@ const LOOK: Duration = Duration::from_millis(5);
 
 // ----------------------------------------------------------------------- Kamailio
 
-/// The kamailio binary: on PATH, or where Debian puts it (/usr/sbin is not on every
-/// user's PATH).
-fn kamailio_program() -> String {
-    for candidate in ["kamailio", "/usr/sbin/kamailio", "/usr/local/sbin/kamailio"] {
-        let runs = Command::new(candidate)
-            .arg("-v")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok();
-        if runs {
-            return candidate.to_owned();
-        }
-    }
-    panic!("`kamailio` is not installed: install kamailio (scripts/test.sh does)");
-}
-
-/// The directory holding Kamailio's modules, the presence ones among them.
-fn kamailio_modules() -> PathBuf {
-    let mut candidates: Vec<PathBuf> = Vec::new();
-    if let Ok(entries) = std::fs::read_dir("/usr/lib") {
-        for entry in entries.flatten() {
-            candidates.push(entry.path().join("kamailio").join("modules"));
-        }
-    }
-    candidates.extend(
-        [
-            "/usr/lib/kamailio/modules",
-            "/usr/lib64/kamailio/modules",
-            "/usr/local/lib/kamailio/modules",
-            "/usr/local/lib64/kamailio/modules",
-        ]
-        .map(PathBuf::from),
-    );
-    let Some(dir) = candidates
-        .into_iter()
-        .find(|dir| dir.join("tm.so").is_file())
-    else {
-        panic!("Kamailio's modules (tm.so) not found: install kamailio (scripts/test.sh does)");
-    };
-    for module in ["presence.so", "presence_dialoginfo.so"] {
-        assert!(
-            dir.join(module).is_file(),
-            "Kamailio's {module} not found in {}: install kamailio-presence-modules \
-             (scripts/test.sh does)",
-            dir.display()
-        );
-    }
-    dir
-}
-
 /// Writes the presence server's configuration for `port` into `dir`.
 fn write_config(dir: &Path, port: u16) -> PathBuf {
     let template = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -109,7 +56,8 @@ fn write_config(dir: &Path, port: u16) -> PathBuf {
         .join("kamailio")
         .join("presence.cfg");
     let text = std::fs::read_to_string(&template).expect("tests/kamailio/presence.cfg");
-    let modules = kamailio_modules();
+    let modules =
+        e2e_support::kamailio_modules(&["tm.so", "presence.so", "presence_dialoginfo.so"]);
     let text = text
         .replace("__SIP_PORT__", &port.to_string())
         .replace("__MODULES_DIR__", &format!("{}/", modules.display()));
@@ -292,7 +240,7 @@ fn dialog_info_version(message: &str) -> Option<u64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kamailio_presence_notifies_and_the_teams_dialog_reach_the_phone_through_the_proxy() {
     require_sipp();
-    let program = kamailio_program();
+    let program = e2e_support::kamailio_program();
     let dir = test_dir("presence-e2e-kamailio-blf-");
     let kamailio_port = free_port();
     let config = write_config(dir.path(), kamailio_port);

@@ -539,3 +539,50 @@ pub(crate) fn count_received(path: &Path, start_line: &str, cseq: &str) -> usize
         })
         .count()
 }
+
+/// The kamailio binary: on PATH, or where Debian puts it (/usr/sbin is not on every
+/// user's PATH).
+pub(crate) fn kamailio_program() -> String {
+    for candidate in ["kamailio", "/usr/sbin/kamailio", "/usr/local/sbin/kamailio"] {
+        let runs = Command::new(candidate)
+            .arg("-v")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok();
+        if runs {
+            return candidate.to_owned();
+        }
+    }
+    panic!("`kamailio` is not installed: install kamailio (scripts/test.sh does)");
+}
+
+/// The directory holding Kamailio's modules, every one of `needed` in it (the
+/// presence modules come in kamailio-presence-modules).
+pub(crate) fn kamailio_modules(needed: &[&str]) -> PathBuf {
+    let mut candidates: Vec<PathBuf> = Vec::new();
+    if let Ok(entries) = std::fs::read_dir("/usr/lib") {
+        for entry in entries.flatten() {
+            candidates.push(entry.path().join("kamailio").join("modules"));
+        }
+    }
+    candidates.extend(
+        [
+            "/usr/lib/kamailio/modules",
+            "/usr/lib64/kamailio/modules",
+            "/usr/local/lib/kamailio/modules",
+            "/usr/local/lib64/kamailio/modules",
+        ]
+        .map(PathBuf::from),
+    );
+    candidates
+        .into_iter()
+        .find(|dir| needed.iter().all(|m| dir.join(m).is_file()))
+        .unwrap_or_else(|| {
+            panic!(
+                "Kamailio's modules {needed:?} not found: install kamailio and \
+                 kamailio-presence-modules (scripts/test.sh does)"
+            )
+        })
+}
