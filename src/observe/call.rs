@@ -7,7 +7,7 @@
 //! when both dialogs have had their BYE.
 
 use std::fmt;
-use std::hash::{DefaultHasher, Hash, Hasher};
+use std::hash::{BuildHasher as _, Hash};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -153,9 +153,7 @@ impl CallKey {
 /// A 64-bit hash of a tag or Call-ID (not keyed: used only to tell apart values the
 /// observer already tracks, each checked against its full text where it matters).
 pub fn hash_bytes(bytes: &[u8]) -> u64 {
-    let mut h = DefaultHasher::new();
-    bytes.hash(&mut h);
-    h.finish()
+    foldhash::fast::FixedState::default().hash_one(bytes)
 }
 
 /// One call leg at one phone.

@@ -317,7 +317,7 @@ impl Observer {
     fn on_request(&mut self, now: Instant, direction: Direction, phone: PhoneAddr, msg: &Message) {
         match msg.method() {
             Some(Method::Invite) => {
-                if to_tag(msg).is_some() {
+                if msg.to_tag().is_some() {
                     self.in_dialog_request(now, phone, msg);
                 } else {
                     self.new_call(now, direction, phone, msg);
@@ -506,7 +506,7 @@ impl Observer {
             }
             200..=299 => {
                 call.invite_done = true;
-                let new_dialog = call.confirm_dialog(to_tag(msg));
+                let new_dialog = call.confirm_dialog(msg.to_tag());
                 let deadline = call.answered(now, msg, self.config.stale_call_timeout);
                 let dnd = new_dialog.then(|| call.dnd_action()).flatten();
                 let ext = call.ext.clone();
@@ -558,9 +558,9 @@ impl Observer {
         };
         // the UAS tag names the dialog: in To when the INVITE's sender sends the BYE
         let uas_tag = if direction == call.direction.invite_direction() {
-            to_tag(msg)
+            msg.to_tag()
         } else {
-            msg.from().and_then(Result::ok).and_then(|f| f.tag())
+            msg.from_tag()
         };
         if call.end_dialog(uas_tag) {
             let reason = match direction {
@@ -887,10 +887,6 @@ impl Observer {
             .min();
         self.next_sweep = next.map(|at| at.max(now + MIN_SWEEP_INTERVAL));
     }
-}
-
-fn to_tag(msg: &Message) -> Option<&[u8]> {
-    msg.to().and_then(Result::ok).and_then(|t| t.tag())
 }
 
 fn is_event(msg: &Message, package: &str) -> bool {

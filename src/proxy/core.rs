@@ -135,7 +135,9 @@ pub struct Stats {
 pub struct Proxy {
     config: ProxyConfig,
     txns: HashMap<u64, Txn, BuildHasherDefault<IdHasher>>,
-    by_server_key: HashMap<ServerKey, u64>,
+    /// Keys come from the network: foldhash with a random seed per map, like the
+    /// observer's tables (SipHash cost more than the lookup itself).
+    by_server_key: foldhash::HashMap<ServerKey, u64>,
     timers: TimerQueue,
     aliases: AliasTable,
     limiter: RateLimiter,
@@ -263,7 +265,7 @@ impl Proxy {
         Self {
             config,
             txns: HashMap::default(),
-            by_server_key: HashMap::new(),
+            by_server_key: foldhash::HashMap::default(),
             timers: TimerQueue::default(),
             aliases,
             limiter,
@@ -538,11 +540,7 @@ impl Proxy {
         let mut h = DefaultHasher::new();
         self.config.seed.hash(&mut h);
         request.header(HeaderName::CallId).hash(&mut h);
-        request
-            .from()
-            .and_then(Result::ok)
-            .and_then(|f| f.tag())
-            .hash(&mut h);
+        request.from_tag().hash(&mut h);
         request
             .cseq()
             .and_then(Result::ok)
@@ -861,12 +859,7 @@ impl Proxy {
         let Some((code, reason)) = self.config.teams_busy_response else {
             return false;
         };
-        if msg
-            .to()
-            .and_then(Result::ok)
-            .and_then(|to| to.tag())
-            .is_some()
-        {
+        if msg.to_tag().is_some() {
             return false;
         }
         let Some(ext) = self
@@ -1167,7 +1160,7 @@ impl Proxy {
         }
         // the ACK for a final response this proxy generated itself (403, 404, 483, 503)
         let own_tag = self.tag_for(&msg);
-        if msg.to().and_then(Result::ok).and_then(|to| to.tag()) == Some(own_tag.as_bytes()) {
+        if msg.to_tag() == Some(own_tag.as_bytes()) {
             return;
         }
         let max_forwards = match msg.max_forwards() {

@@ -1,6 +1,6 @@
 //! Per-source request rate limiting: a token bucket per source IP, in a bounded map.
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 use std::net::IpAddr;
 use std::time::Instant;
 

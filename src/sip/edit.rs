@@ -164,20 +164,10 @@ impl<'m> Editor<'m> {
         port: u16,
     ) -> Result<&mut Self, EditError> {
         let msg = self.msg;
-        let (_, span) = msg
-            .values(HeaderName::Via)
-            .next()
-            .ok_or(EditError::Missing(HeaderName::Via))?;
-        let value = msg.slice(span);
-        let via = super::header::Via::parse(value).map_err(|at| {
-            ParseError::in_header(
-                super::ParseErrorKind::BadHeaderValue,
-                span.start() + at,
-                HeaderName::Via,
-            )
-        })?;
+        // the message's remembered top Via: validation parsed it already
+        let via = msg.top_via().ok_or(EditError::Missing(HeaderName::Via))??;
         let params = via.params().as_bytes();
-        let params_start = span.start() + offset_within(value, params);
+        let params_start = offset_within(msg.as_bytes(), params);
         let mut kept = Vec::with_capacity(params.len() + 48);
         for p in via.params().iter() {
             if p.name.eq_ignore_ascii_case(b"received") || p.name.eq_ignore_ascii_case(b"rport") {
@@ -190,8 +180,10 @@ impl<'m> Editor<'m> {
                 kept.extend_from_slice(v);
             }
         }
-        use std::io::Write as _;
-        let _ = write!(kept, ";received={ip};rport={port}");
+        kept.extend_from_slice(b";received=");
+        push_ip(&mut kept, ip);
+        kept.extend_from_slice(b";rport=");
+        push_decimal(&mut kept, u64::from(port));
         self.add(params_start, params_start + params.len(), kept)?;
         Ok(self)
     }
@@ -400,4 +392,39 @@ fn conflicts((a0, a1): (usize, usize), (b0, b1): (usize, usize)) -> bool {
 fn offset_within(whole: &[u8], sub: &[u8]) -> usize {
     let offset = (sub.as_ptr() as usize).wrapping_sub(whole.as_ptr() as usize);
     offset.min(whole.len())
+}
+
+/// Appends `n` in decimal (what `write!` does, without the formatting machinery on the
+/// per-message path).
+pub(crate) fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
+}
+
+/// Appends an address as `Display` writes it: dotted quad for IPv4, RFC 5952 text for
+/// IPv6 (the rare case, left to the standard library).
+pub(crate) fn push_ip(out: &mut Vec<u8>, ip: std::net::IpAddr) {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                push_decimal(out, u64::from(octet));
+            }
+        }
+        std::net::IpAddr::V6(v6) => {
+            use std::io::Write as _;
+            let _ = write!(out, "{v6}");
+        }
+    }
 }

@@ -5,12 +5,14 @@
 //! forms) but nothing is copied and no value is parsed. Typed accessors parse a value
 //! when asked. Forwarding a message that was not edited sends the very same bytes.
 
+use std::sync::OnceLock;
 use std::ops::Range;
 
 use bytes::Bytes;
 
 use super::error::{ParseError, ParseErrorKind};
 use super::grammar::{all_of, is_lws_char, is_token_char};
+use super::header::via::ViaParts;
 use super::header::{
     CSeq, ContactValue, ContentType, Event, ListIter, NameAddr, SubscriptionState, Via,
     parse_contact, parse_token_list_item,
@@ -215,14 +217,34 @@ impl HeaderField {
 }
 
 /// A parsed SIP message over one shared buffer.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// Headers are parsed on demand; the few a proxy reads several times per message (the
+/// top Via, the From and To tags) are parsed once and remembered as positions.
+#[derive(Debug, Clone)]
 pub struct Message {
     buf: Bytes,
     start: StartLine,
     fields: Vec<HeaderField>,
     head_end: usize,
     body: Span,
+    top_via: OnceLock<Option<Result<ViaParts, ParseError>>>,
+    from_tag: OnceLock<Option<Span>>,
+    to_tag: OnceLock<Option<Span>>,
 }
+
+/// Two messages are equal when their bytes and index are; what was remembered from
+/// parsing their headers does not count.
+impl PartialEq for Message {
+    fn eq(&self, other: &Self) -> bool {
+        self.buf == other.buf
+            && self.start == other.start
+            && self.fields == other.fields
+            && self.head_end == other.head_end
+            && self.body == other.body
+    }
+}
+
+impl Eq for Message {}
 
 /// The start line, index and body position of a message, before it owns its buffer.
 #[derive(Debug, Clone)]
@@ -561,6 +583,9 @@ impl Message {
             fields: head.fields,
             head_end: head.end,
             body,
+            top_via: OnceLock::new(),
+            from_tag: OnceLock::new(),
+            to_tag: OnceLock::new(),
         }
     }
 
@@ -735,9 +760,34 @@ impl Message {
         self.list(HeaderName::Via, Via::parse)
     }
 
-    /// The top Via value.
+    /// The top Via value (parsed on first use, then remembered).
     pub fn top_via(&self) -> Option<Result<Via<'_>, ParseError>> {
-        self.vias().next()
+        let parts = self.top_via.get_or_init(|| {
+            self.vias()
+                .next()
+                .map(|via| via.map(|via| via.parts_in(&self.buf)))
+        });
+        parts
+            .clone()
+            .map(|via| via.map(|parts| parts.view(&self.buf)))
+    }
+
+    /// The From tag, when From is present, parses and has one (remembered).
+    pub fn from_tag(&self) -> Option<&[u8]> {
+        self.tag_of(&self.from_tag, HeaderName::From)
+    }
+
+    /// The To tag, when To is present, parses and has one (remembered).
+    pub fn to_tag(&self) -> Option<&[u8]> {
+        self.tag_of(&self.to_tag, HeaderName::To)
+    }
+
+    fn tag_of(&self, cell: &OnceLock<Option<Span>>, name: HeaderName) -> Option<&[u8]> {
+        let range = cell.get_or_init(|| {
+            let tag = self.single(name, NameAddr::parse)?.ok()?.tag()?;
+            self.range_of(tag)
+        });
+        range.and_then(|span| self.buf.get(span.range()))
     }
 
     /// The From header.
@@ -872,11 +922,8 @@ impl Message {
                 return Err(ParseError::new(ParseErrorKind::BadVersion, version.start()));
             }
         }
-        if let Some(Err(e)) = self.request_uri() {
-            return Err(e);
-        }
-        if let Some(Ok(uri)) = self.request_uri() {
-            if uri.headers().is_some() {
+        if let Some(uri) = self.request_uri() {
+            if uri?.headers().is_some() {
                 // RFC 3261 §19.1.1: headers are not allowed in a Request-URI
                 let start = match self.start {
                     StartLine::Request { uri, .. } => uri.start(),
@@ -886,6 +933,7 @@ impl Message {
             }
         }
         let mut seen = [false; 6];
+        let mut seen_via = false;
         let single_index = |name: HeaderName| match name {
             HeaderName::CallId => Some(0),
             HeaderName::ContentLength => Some(1),
@@ -920,13 +968,27 @@ impl Message {
                 ));
             }
             let checked: Result<(), ParseError> = match name {
-                HeaderName::Via => ListIter::new(self.slice(span))
-                    .try_for_each(|r| self.check_sub(name, span, r, Via::parse)),
+                HeaderName::Via => {
+                    let top = !seen_via;
+                    seen_via = true;
+                    self.check_vias(span, top)
+                }
                 HeaderName::Contact => ListIter::new(self.slice(span))
                     .try_for_each(|r| self.check_sub(name, span, r, parse_contact)),
                 HeaderName::Route | HeaderName::RecordRoute => ListIter::new(self.slice(span))
                     .try_for_each(|r| self.check_sub(name, span, r, NameAddr::parse_bracketed)),
-                HeaderName::From | HeaderName::To => self.check_single(name, span, NameAddr::parse),
+                HeaderName::From | HeaderName::To => {
+                    self.typed(name, span, NameAddr::parse).map(|addr| {
+                        // remembered for the routing that follows (set once: a second
+                        // From or To was refused above)
+                        let cell = if name == HeaderName::From {
+                            &self.from_tag
+                        } else {
+                            &self.to_tag
+                        };
+                        let _ = cell.set(addr.tag().and_then(|tag| self.range_of(tag)));
+                    })
+                }
                 HeaderName::CSeq => self.check_single(name, span, CSeq::parse),
                 HeaderName::MaxForwards => {
                     self.check_single(name, span, |v| all_of(v, super::grammar::decimal::<u8>))
@@ -975,6 +1037,7 @@ impl Message {
     /// 400 for defects there (RFC 4475 §3.1.2 is about requests and their parsers).
     pub fn validate_response(&self) -> Result<(), ParseError> {
         let mut count = [0usize; 4];
+        let mut seen_via = false;
         for field in &self.fields {
             let slot = match field.name {
                 HeaderName::CallId => 0,
@@ -990,8 +1053,9 @@ impl Message {
                             HeaderName::Via,
                         ));
                     }
-                    ListIter::new(self.slice(span))
-                        .try_for_each(|r| self.check_sub(HeaderName::Via, span, r, Via::parse))?;
+                    let top = !seen_via;
+                    seen_via = true;
+                    self.check_vias(span, top)?;
                     continue;
                 }
                 _ => continue,
@@ -1024,6 +1088,26 @@ impl Message {
         Ok(())
     }
 
+    /// Checks every Via value of one Via line; the message's top Via (first value of
+    /// the first line) through [`Self::top_via`], so routing reuses that parse.
+    fn check_vias(&self, span: Span, top_line: bool) -> Result<(), ParseError> {
+        let mut values = ListIter::new(self.slice(span));
+        if top_line {
+            if let Some(Err(e)) = self.top_via() {
+                return Err(e);
+            }
+            values.next();
+        }
+        values.try_for_each(|r| self.check_sub(HeaderName::Via, span, r, Via::parse))
+    }
+
+    /// Where a slice of this message's buffer lies in it.
+    fn range_of(&self, part: &[u8]) -> Option<Span> {
+        let start = (part.as_ptr() as usize).checked_sub(self.buf.as_ptr() as usize)?;
+        let end = start.checked_add(part.len())?;
+        (end <= self.buf.len()).then(|| Span::new(start, end))
+    }
+
     /// A header every message must carry is absent (reported at the end of the head).
     fn missing(&self, name: HeaderName) -> ParseError {
         ParseError::in_header(ParseErrorKind::MissingHeader, self.head_end, name)
@@ -1053,4 +1137,47 @@ impl Message {
 fn trim_lws(v: &[u8]) -> &[u8] {
     let start = v.iter().position(|&c| !is_lws_char(c)).unwrap_or(v.len());
     &v[start..]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const INVITE: &[u8] = b"INVITE sip:bob@b.example SIP/2.0\r\n\
+v: SIP/2.0/UDP 10.0.0.5:5060;branch=z9hG4bK-1;rport , SIP/2.0/TCP h2;branch=z9hG4bK-2\r\n\
+f: \"A\" <sip:alice@a.example>;tag=from-1\r\n\
+t: <sip:bob@b.example>;tag=to-2\r\n\
+i: c\r\nCSeq: 1 INVITE\r\nl: 0\r\n\r\n";
+
+    #[test]
+    fn remembered_top_via_and_tags_equal_a_fresh_parse_before_and_after_validation() {
+        for validate_first in [false, true] {
+            let msg = Message::parse(Bytes::from_static(INVITE)).unwrap();
+            if validate_first {
+                msg.validate().unwrap();
+            }
+            for _ in 0..2 {
+                let via = msg.top_via().unwrap().unwrap();
+                let fresh = msg.vias().next().unwrap().unwrap();
+                assert_eq!(via, fresh);
+                assert_eq!(via.branch(), Some(&b"z9hG4bK-1"[..]));
+                assert_eq!(via.rport(), Some(None));
+                assert_eq!(msg.from_tag(), Some(&b"from-1"[..]));
+                assert_eq!(msg.to_tag(), Some(&b"to-2"[..]));
+            }
+            // what was remembered does not make two equal messages unequal
+            assert_eq!(msg, Message::parse(Bytes::from_static(INVITE)).unwrap());
+        }
+    }
+
+    #[test]
+    fn a_bad_top_via_is_remembered_as_the_same_error_and_absent_tags_read_as_none() {
+        let raw = b"OPTIONS sip:b SIP/2.0\r\nVia: SIP/2.0/UDP\r\nFrom: <sip:a>\r\nTo: junk <\r\nCall-ID: c\r\nCSeq: 1 OPTIONS\r\n\r\n";
+        let msg = Message::parse(Bytes::from_static(raw)).unwrap();
+        let first = msg.top_via().unwrap().unwrap_err();
+        assert_eq!(msg.validate().unwrap_err(), first);
+        assert_eq!(msg.top_via().unwrap().unwrap_err(), first);
+        assert_eq!(msg.from_tag(), None);
+        assert_eq!(msg.to_tag(), None);
+    }
 }

@@ -1,5 +1,7 @@
 //! `Via` (RFC 3261 §20.42, §18.2.1; `rport` from RFC 3581).
 
+use std::ops::Range;
+
 use nom::{Parser, sequence::preceded};
 
 use crate::sip::grammar::{Res, all_of, generic_params, host_port, lws, sep, token};
@@ -39,7 +41,59 @@ fn via_parm(i: &[u8]) -> Res<'_, Via<'_>> {
     ))
 }
 
+/// Where each part of a parsed [`Via`] lies in the buffer it was parsed from: lets a
+/// message keep its top Via without borrowing from itself, and rebuild the view for
+/// free instead of parsing it again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ViaParts {
+    protocol_name: Range<u32>,
+    protocol_version: Range<u32>,
+    transport: Range<u32>,
+    host: Range<u32>,
+    port: Option<u16>,
+    params: Range<u32>,
+}
+
+/// The range `part` occupies inside `base` (it must be a sub-slice of it; messages are
+/// far below 4 GiB, so `u32` offsets keep a remembered Via small).
+fn range_in(base: &[u8], part: &[u8]) -> Range<u32> {
+    let start = (part.as_ptr() as usize).saturating_sub(base.as_ptr() as usize);
+    let end = start.saturating_add(part.len());
+    u32::try_from(start).unwrap_or(u32::MAX)..u32::try_from(end).unwrap_or(u32::MAX)
+}
+
+impl ViaParts {
+    /// The view again, over the same buffer the parts were taken from. A range outside
+    /// `base` (a different buffer) reads as empty rather than panicking.
+    pub(crate) fn view<'a>(&self, base: &'a [u8]) -> Via<'a> {
+        let at = |r: &Range<u32>| {
+            base.get(r.start as usize..r.end as usize)
+                .unwrap_or_default()
+        };
+        Via {
+            protocol_name: at(&self.protocol_name),
+            protocol_version: at(&self.protocol_version),
+            transport: at(&self.transport),
+            host: at(&self.host),
+            port: self.port,
+            params: Params::new(at(&self.params)),
+        }
+    }
+}
+
 impl<'a> Via<'a> {
+    /// The parts' positions inside `base`, the buffer this view was parsed from.
+    pub(crate) fn parts_in(&self, base: &[u8]) -> ViaParts {
+        ViaParts {
+            protocol_name: range_in(base, self.protocol_name),
+            protocol_version: range_in(base, self.protocol_version),
+            transport: range_in(base, self.transport),
+            host: range_in(base, self.host),
+            port: self.port,
+            params: range_in(base, self.params.as_bytes()),
+        }
+    }
+
     /// Parses one Via value (one element of the comma list).
     pub fn parse(value: &'a [u8]) -> Result<Self, usize> {
         all_of(value, via_parm)
