@@ -1,13 +1,19 @@
-//! The driver task: owns the proxy core and every connection's writer; turns events
-//! into core inputs and the core's transmits into socket writes.
+//! The driver: owns the proxy core and every connection's writer; turns events into
+//! core inputs and the core's transmits into socket writes.
+//!
+//! The core sits behind one mutex, driven from two sides: the UDP reader threads
+//! (`udp.rs`) hand it each datagram they read, and the driver task here hands it what
+//! the tokio side produces (framed TCP/TLS messages, connection changes, control
+//! commands, shutdown, timers). Whoever held the lock sends what the core answered.
 
 use std::collections::HashMap;
+use std::io::ErrorKind;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::net::UdpSocket;
+use parking_lot::Mutex;
 use tokio::sync::{broadcast, mpsc, watch};
 use tracing::{debug, info, warn};
 
@@ -28,14 +34,17 @@ struct Conn {
 /// Timers are served at most once per tick: deadlines of many transactions that fall
 /// within one tick cost one wake-up instead of one each. RFC 3261 timers are hundreds
 /// of milliseconds; 10 ms of lateness is far inside their tolerance.
-const TIMER_TICK: Duration = Duration::from_millis(10);
+pub(super) const TIMER_TICK: Duration = Duration::from_millis(10);
 
 /// Messages held for a peer while a connection to it is being opened.
 const PENDING_PER_PEER: usize = 256;
 
+/// The core and what it needs to send, shared by the driver task and the UDP readers.
+pub(super) type SharedDriver = Arc<Mutex<Driver>>;
+
 pub(super) struct Driver {
     proxy: Proxy,
-    udp: Vec<(SocketAddr, Arc<UdpSocket>)>,
+    udp: Vec<(SocketAddr, Arc<std::net::UdpSocket>)>,
     conns: HashMap<u64, Conn>,
     by_remote: HashMap<(Transport, SocketAddr), u64>,
     pending: HashMap<(Transport, SocketAddr), Vec<Bytes>>,
@@ -44,14 +53,19 @@ pub(super) struct Driver {
     pbx: super::resolve::PbxTargets,
     /// Where the observer's events go (the sync engine, the portal, tests).
     phone_events: broadcast::Sender<ObserveEvent>,
+    /// Where connection tasks are started (also from the UDP reader threads).
+    tokio: tokio::runtime::Handle,
+    /// When timers were last served.
+    last_tick: Instant,
 }
 
 impl Driver {
     pub(super) fn new(
         config: ProxyConfig,
-        udp: Vec<(SocketAddr, Arc<UdpSocket>)>,
+        udp: Vec<(SocketAddr, Arc<std::net::UdpSocket>)>,
         shared: Shared,
         phone_events: broadcast::Sender<ObserveEvent>,
+        tokio: tokio::runtime::Handle,
     ) -> Self {
         Self {
             proxy: Proxy::new(config),
@@ -62,94 +76,40 @@ impl Driver {
             shared,
             pbx: super::resolve::PbxTargets::default(),
             phone_events,
+            tokio,
+            last_tick: Instant::now(),
         }
     }
 
-    pub(super) async fn run(
-        mut self,
-        mut events: mpsc::Receiver<Event>,
-        mut control: mpsc::Receiver<Control>,
-        mut shutdown: watch::Receiver<bool>,
-        grace: Duration,
+    /// The next time timers need serving, if any: never sooner than one tick after
+    /// they were last served.
+    pub(super) fn next_timer(&self) -> Option<Instant> {
+        self.proxy
+            .poll_timeout()
+            .map(|at| at.max(self.last_tick + TIMER_TICK))
+    }
+
+    /// Serves the core's timers when one is due, at most once per tick.
+    pub(super) fn serve_timers(&mut self, now: Instant) {
+        if self.next_timer().is_some_and(|at| at <= now) {
+            self.last_tick = now;
+            self.proxy.handle_timeout(now);
+        }
+    }
+
+    /// Whether the core still holds timers (a reader then wakes up once per tick).
+    pub(super) fn has_timers(&self) -> bool {
+        self.proxy.poll_timeout().is_some()
+    }
+
+    /// One datagram read from the UDP socket bound to `local`.
+    pub(super) fn datagram(
+        &mut self,
+        now: Instant,
+        local: SocketAddr,
+        remote: SocketAddr,
+        bytes: &[u8],
     ) {
-        let mut batch = Vec::with_capacity(64);
-        // the first UDP socket is read right here: no task switch or channel per datagram
-        let primary = self.udp.first().cloned();
-        let mut datagram = vec![0u8; MAX_DATAGRAM];
-        let mut drain_until: Option<Instant> = None;
-        let mut last_tick = Instant::now();
-        // one timer for the driver's whole life, moved only when the next deadline moves:
-        // a fresh sleep per loop turn would register and cancel a timer per datagram
-        let sleep = tokio::time::sleep(Duration::from_secs(3600));
-        tokio::pin!(sleep);
-        let mut armed: Option<Instant> = None;
-        loop {
-            let timer = self
-                .proxy
-                .poll_timeout()
-                .map(|at| at.max(last_tick + TIMER_TICK));
-            let wake = match (timer, drain_until) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
-            if wake != armed {
-                if let Some(at) = wake {
-                    sleep.as_mut().reset(tokio::time::Instant::from_std(at));
-                }
-                armed = wake;
-            }
-            tokio::select! {
-                biased;
-                n = events.recv_many(&mut batch, 64) => {
-                    if n == 0 {
-                        return;
-                    }
-                    let now = Instant::now();
-                    for event in batch.drain(..) {
-                        self.handle(now, event);
-                    }
-                }
-                Some(command) = control.recv() => self.control(command),
-                received = recv_primary(primary.as_ref(), &mut datagram) => {
-                    if let (Ok((n, remote)), Some((local, socket))) = (received, primary.as_ref()) {
-                        let now = Instant::now();
-                        self.datagram(now, *local, remote, &datagram[..n]);
-                        // whatever else is already queued on the socket, without waiting
-                        for _ in 0..64 {
-                            match socket.try_recv_from(&mut datagram) {
-                                Ok((n, remote)) => self.datagram(now, *local, remote, &datagram[..n]),
-                                Err(_) => break,
-                            }
-                        }
-                    }
-                }
-                () = &mut sleep, if armed.is_some() => {
-                    armed = None;
-                    last_tick = Instant::now();
-                    self.proxy.handle_timeout(last_tick);
-                }
-                changed = shutdown.changed(), if drain_until.is_none() => {
-                    if changed.is_err() || *shutdown.borrow() {
-                        self.proxy.set_draining(true);
-                        drain_until = Some(Instant::now() + grace);
-                        info!(open = self.proxy.pending_transaction_count(), "draining");
-                    }
-                }
-            }
-            self.flush();
-            if let Some(until) = drain_until {
-                if self.proxy.pending_transaction_count() == 0 || Instant::now() >= until {
-                    info!(
-                        unfinished = self.proxy.pending_transaction_count(),
-                        "stopped"
-                    );
-                    return;
-                }
-            }
-        }
-    }
-
-    fn datagram(&mut self, now: Instant, local: SocketAddr, remote: SocketAddr, bytes: &[u8]) {
         let flow = Flow {
             transport: Transport::Udp,
             remote,
@@ -181,19 +141,6 @@ impl Driver {
 
     fn handle(&mut self, now: Instant, event: Event) {
         match event {
-            Event::Datagram {
-                local,
-                remote,
-                bytes,
-            } => {
-                let flow = Flow {
-                    transport: Transport::Udp,
-                    remote,
-                    local,
-                    conn: None,
-                };
-                self.proxy.handle_datagram(now, flow, bytes);
-            }
             Event::Message { conn, msg } => {
                 let Some(c) = self.conns.get(&conn) else {
                     return;
@@ -254,7 +201,8 @@ impl Driver {
         }
     }
 
-    fn flush(&mut self) {
+    /// Hands the observer's events on and sends what the core wants sent.
+    pub(super) fn flush(&mut self) {
         while let Some(event) = self.proxy.poll_event() {
             // no subscriber is fine: the per-extension state stays in the observer
             let _ = self.phone_events.send(event);
@@ -282,13 +230,12 @@ impl Driver {
             debug!(remote = %flow.remote, "no UDP socket for this address family");
             return;
         };
-        match socket.try_send_to(&bytes, flow.remote) {
+        // a blocking send: it waits only while the socket's send buffer is full, for
+        // at most the write timeout set by the reader (`udp.rs`)
+        match socket.send_to(&bytes, flow.remote) {
             Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                // the socket buffer is full: wait for it off the driver's path
-                tokio::spawn(async move {
-                    let _ = socket.send_to(&bytes, flow.remote).await;
-                });
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                warn!(remote = %flow.remote, "udp send buffer full: message dropped");
             }
             Err(e) => debug!(remote = %flow.remote, error = %e, "udp send failed"),
         }
@@ -316,7 +263,7 @@ impl Driver {
             queue.push(bytes);
         }
         if first {
-            tokio::spawn(stream::connect(
+            self.tokio.spawn(stream::connect(
                 flow.transport,
                 flow.remote,
                 self.shared.clone(),
@@ -325,15 +272,75 @@ impl Driver {
     }
 }
 
-/// Largest UDP payload.
-const MAX_DATAGRAM: usize = 65_535;
-
-async fn recv_primary(
-    socket: Option<&(SocketAddr, Arc<UdpSocket>)>,
-    buf: &mut [u8],
-) -> std::io::Result<(usize, SocketAddr)> {
-    match socket {
-        Some((_, socket)) => socket.recv_from(buf).await,
-        None => std::future::pending().await,
+/// Runs the tokio side of the driver until shutdown has drained the core; the UDP
+/// readers stop with it.
+pub(super) async fn run(
+    driver: SharedDriver,
+    mut events: mpsc::Receiver<Event>,
+    mut control: mpsc::Receiver<Control>,
+    mut shutdown: watch::Receiver<bool>,
+    grace: Duration,
+    readers: super::udp::Readers,
+) {
+    let mut batch = Vec::with_capacity(64);
+    let mut drain_until: Option<Instant> = None;
+    // one timer for the driver's whole life, moved only when the next deadline moves:
+    // a fresh sleep per loop turn would register and cancel a timer per event
+    let sleep = tokio::time::sleep(Duration::from_secs(3600));
+    tokio::pin!(sleep);
+    let mut armed: Option<Instant> = None;
+    loop {
+        let timer = driver.lock().next_timer();
+        let wake = match (timer, drain_until) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if wake != armed {
+            if let Some(at) = wake {
+                sleep.as_mut().reset(tokio::time::Instant::from_std(at));
+            }
+            armed = wake;
+        }
+        tokio::select! {
+            biased;
+            n = events.recv_many(&mut batch, 64) => {
+                if n == 0 {
+                    break;
+                }
+                let now = Instant::now();
+                let mut driver = driver.lock();
+                for event in batch.drain(..) {
+                    driver.handle(now, event);
+                }
+                driver.flush();
+            }
+            Some(command) = control.recv() => {
+                let mut driver = driver.lock();
+                driver.control(command);
+                driver.flush();
+            }
+            () = &mut sleep, if armed.is_some() => {
+                armed = None;
+                let mut driver = driver.lock();
+                driver.serve_timers(Instant::now());
+                driver.flush();
+            }
+            changed = shutdown.changed(), if drain_until.is_none() => {
+                if changed.is_err() || *shutdown.borrow() {
+                    let mut driver = driver.lock();
+                    driver.proxy.set_draining(true);
+                    drain_until = Some(Instant::now() + grace);
+                    info!(open = driver.proxy.pending_transaction_count(), "draining");
+                }
+            }
+        }
+        if let Some(until) = drain_until {
+            let open = driver.lock().proxy.pending_transaction_count();
+            if open == 0 || Instant::now() >= until {
+                info!(unfinished = open, "stopped");
+                break;
+            }
+        }
     }
+    readers.stop().await;
 }

@@ -1,10 +1,12 @@
-//! The tokio shell: the only code that opens sockets, spawns tasks or reads the clock.
+//! The shell around the sans-IO core: the only code that opens sockets, starts tasks
+//! and threads, or reads the clock.
 //!
 //! [`start`] binds every listener, resolves the PBX (RFC 3263: NAPTR, SRV, A/AAAA; see
-//! `resolve.rs`), and spawns one driver task that
-//! owns the sans-IO [`Proxy`](crate::proxy::Proxy) and feeds it what arrives:
-//! datagrams from the UDP reader tasks, framed messages from the TCP/TLS connection
-//! tasks, and the time. What the proxy wants sent goes out on the UDP sockets or to the
+//! `resolve.rs`), puts the sans-IO [`Proxy`](crate::proxy::Proxy) behind one mutex
+//! (`driver.rs`), and starts what feeds it: a reader thread per UDP socket making
+//! blocking reads (`udp.rs`), and one tokio driver task for the framed messages of the
+//! TCP/TLS connection tasks (`stream.rs`, `tls.rs`), control commands and timers.
+//! Whoever fed the core sends what it answered: on the UDP sockets, or to the
 //! connection tasks. [`RuntimeHandle::shutdown`] drains: new requests get 503 while
 //! open transactions finish, for at most the configured grace time.
 
@@ -21,7 +23,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
-use tokio::net::{TcpListener, UdpSocket};
+use tokio::net::TcpListener;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::info;
@@ -71,11 +73,6 @@ pub enum RuntimeError {
 /// What the driver and the I/O tasks tell each other.
 #[derive(Debug)]
 pub(crate) enum Event {
-    Datagram {
-        local: SocketAddr,
-        remote: SocketAddr,
-        bytes: bytes::Bytes,
-    },
     Message {
         conn: u64,
         msg: crate::sip::Message,
@@ -261,28 +258,15 @@ pub async fn start(config: &Config) -> Result<RuntimeHandle, RuntimeError> {
     let mut udp_sockets = Vec::new();
     let mut io_tasks = Vec::new();
     for &addr in &config.listen.udp {
-        let socket = UdpSocket::bind(addr)
-            .await
-            .map_err(|source| RuntimeError::Bind {
-                transport: Transport::Udp,
-                addr,
-                source,
-            })?;
-        let local = socket.local_addr().map_err(|source| RuntimeError::Bind {
+        let bind_error = |source| RuntimeError::Bind {
             transport: Transport::Udp,
             addr,
             source,
-        })?;
-        let socket = Arc::new(socket);
-        if !udp_sockets.is_empty() {
-            // the driver reads the first socket itself; the others get reader tasks
-            io_tasks.push(tokio::spawn(udp::read_loop(
-                socket.clone(),
-                local,
-                events_tx.clone(),
-            )));
-        }
-        udp_sockets.push((local, socket));
+        };
+        // a blocking socket: its reader thread waits in the read itself (udp.rs)
+        let socket = std::net::UdpSocket::bind(addr).map_err(bind_error)?;
+        let local = socket.local_addr().map_err(bind_error)?;
+        udp_sockets.push((local, Arc::new(socket)));
         listeners.push(listener(Transport::Udp, local, config));
     }
     let tls_acceptor = match &config.tls {
@@ -354,9 +338,9 @@ pub async fn start(config: &Config) -> Result<RuntimeHandle, RuntimeError> {
     };
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (phone_events, _) = broadcast::channel(PHONE_EVENT_BACKLOG);
-    let driver = driver::Driver::new(
+    let driver = Arc::new(parking_lot::Mutex::new(driver::Driver::new(
         proxy_config,
-        udp_sockets,
+        udp_sockets.clone(),
         stream::Shared {
             events: events_tx,
             conn_ids,
@@ -365,13 +349,29 @@ pub async fn start(config: &Config) -> Result<RuntimeHandle, RuntimeError> {
             pbx_tls,
         },
         phone_events.clone(),
-    );
+        tokio::runtime::Handle::current(),
+    )));
+    let mut readers = udp::Readers::default();
+    for (local, socket) in udp_sockets {
+        let started = readers.start(socket, local, driver.clone());
+        if let Err(source) = started {
+            // the readers started so far stop when `readers` is dropped
+            drop(readers);
+            return Err(RuntimeError::Bind {
+                transport: Transport::Udp,
+                addr: local,
+                source,
+            });
+        }
+    }
     let (control_tx, control_rx) = mpsc::channel(CONTROL_BACKLOG);
-    let driver = tokio::spawn(driver.run(
+    let driver = tokio::spawn(driver::run(
+        driver,
         events_rx,
         control_rx,
         shutdown_rx,
         config.limits.shutdown_grace,
+        readers,
     ));
     Ok(RuntimeHandle {
         listeners,

@@ -5,8 +5,8 @@
 //! forms) but nothing is copied and no value is parsed. Typed accessors parse a value
 //! when asked. Forwarding a message that was not edited sends the very same bytes.
 
-use std::sync::OnceLock;
 use std::ops::Range;
+use std::sync::OnceLock;
 
 use bytes::Bytes;
 
