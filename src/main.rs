@@ -7,12 +7,6 @@ use clap::{Parser, Subcommand};
 
 use presence_proxy::inspect::inspect_file;
 
-/// mimalloc instead of the system allocator: the SIP path allocates and frees a few
-/// small buffers per message, and glibc's allocator gave memory back to the kernel and
-/// faulted it in again under steady load (see BENCHMARKS.md, issue 3).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Debug, Parser)]
 #[command(
     name = "presence-proxy",
