@@ -46,7 +46,7 @@ impl ServerKey {
                 key.push(b'|');
                 key.extend(via.host().iter().map(u8::to_ascii_lowercase));
                 key.push(b':');
-                key.extend_from_slice(via.port().unwrap_or(0).to_string().as_bytes());
+                crate::sip::edit::push_decimal(&mut key, u64::from(via.port().unwrap_or(0)));
             }
             None => {
                 // RFC 2543: Request-URI, To tag, From tag, Call-ID, CSeq number, top Via
@@ -55,7 +55,7 @@ impl ServerKey {
                 key.push(b'|');
                 key.extend_from_slice(msg.from()?.ok()?.tag().unwrap_or_default());
                 key.push(b'|');
-                key.extend_from_slice(msg.cseq()?.ok()?.seq().to_string().as_bytes());
+                crate::sip::edit::push_decimal(&mut key, u64::from(msg.cseq()?.ok()?.seq()));
                 key.push(b'|');
                 key.extend_from_slice(via.host());
             }
