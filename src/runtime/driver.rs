@@ -291,7 +291,10 @@ pub(super) async fn run(
     let mut armed: Option<Instant> = None;
     loop {
         let timer = driver.lock().next_timer();
-        let wake = match (timer, drain_until) {
+        // while draining, look once per tick: transactions also finish on the UDP
+        // readers' side, which does not wake this task
+        let drain_check = drain_until.map(|until| until.min(Instant::now() + TIMER_TICK));
+        let wake = match (timer, drain_check) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
