@@ -179,24 +179,25 @@ fn received_and_rport_replace_the_top_vias_own_and_keep_the_rest() {
 #[test]
 fn received_on_a_via_without_parameters_is_appended_to_that_value_and_ipv6_is_written_as_text() {
     let msg = parse(b"OPTIONS sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.5:5060\r\nf: <sip:x@y>;tag=1\r\nt: <sip:a@b>\r\ni: c\r\nCSeq: 2 OPTIONS\r\nl: 0\r\n\r\n");
-    let mut e = Editor::new(&msg);
-    e.set_top_via_received("2001:db8::7".parse().unwrap(), 5)
-        .expect("edit");
-    let out = e.finish();
-    let text = String::from_utf8_lossy(&out);
-    assert!(
-        text.contains("Via: SIP/2.0/UDP 10.0.0.5:5060;received=2001:db8::7;rport=5\r\n"),
-        "{text}"
-    );
-    let mut e = Editor::new(&msg);
-    e.set_top_via_received("255.0.10.1".parse().unwrap(), 65535)
-        .expect("edit");
-    let out = e.finish();
-    let text = String::from_utf8_lossy(&out);
-    assert!(
-        text.contains("Via: SIP/2.0/UDP 10.0.0.5:5060;received=255.0.10.1;rport=65535\r\n"),
-        "{text}"
-    );
+    for (ip, port, expected) in [
+        (
+            "2001:db8::7",
+            5,
+            "Via: SIP/2.0/UDP 10.0.0.5:5060;received=2001:db8::7;rport=5\r\n",
+        ),
+        (
+            "255.0.10.1",
+            65535,
+            "Via: SIP/2.0/UDP 10.0.0.5:5060;received=255.0.10.1;rport=65535\r\n",
+        ),
+    ] {
+        let mut e = Editor::new(&msg);
+        e.set_top_via_received(ip.parse().unwrap(), port)
+            .expect("edit");
+        let out = e.finish();
+        let text = String::from_utf8_lossy(&out);
+        assert!(text.contains(expected), "{text}");
+    }
 }
 
 #[test]

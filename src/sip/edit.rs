@@ -390,8 +390,7 @@ fn conflicts((a0, a1): (usize, usize), (b0, b1): (usize, usize)) -> bool {
 /// Offset of `sub` inside `whole`; `sub` must be a subslice of `whole` (it always is
 /// here: typed views borrow from the value they were parsed from).
 fn offset_within(whole: &[u8], sub: &[u8]) -> usize {
-    let offset = (sub.as_ptr() as usize).wrapping_sub(whole.as_ptr() as usize);
-    offset.min(whole.len())
+    super::range_within(whole, sub).map_or(whole.len(), |r| r.start)
 }
 
 /// Appends `n` in decimal (what `write!` does, without the formatting machinery on the

@@ -1103,9 +1103,7 @@ impl Message {
 
     /// Where a slice of this message's buffer lies in it.
     fn range_of(&self, part: &[u8]) -> Option<Span> {
-        let start = (part.as_ptr() as usize).checked_sub(self.buf.as_ptr() as usize)?;
-        let end = start.checked_add(part.len())?;
-        (end <= self.buf.len()).then(|| Span::new(start, end))
+        super::range_within(&self.buf, part).map(|r| Span::new(r.start, r.end))
     }
 
     /// A header every message must carry is absent (reported at the end of the head).

@@ -33,3 +33,11 @@ pub use header_name::HeaderName;
 pub use message::{HeaderField, Limits, Message, Method, Span, StartLine};
 pub use params::{Param, Params};
 pub use uri::{Scheme, Uri};
+
+/// Where `part` lies inside `whole`, when it is a sub-slice of it (typed views borrow
+/// from the buffer they were parsed from, so their parts always are).
+pub(crate) fn range_within(whole: &[u8], part: &[u8]) -> Option<std::ops::Range<usize>> {
+    let start = (part.as_ptr() as usize).checked_sub(whole.as_ptr() as usize)?;
+    let end = start.checked_add(part.len())?;
+    (end <= whole.len()).then_some(start..end)
+}

@@ -57,9 +57,9 @@ pub(crate) struct ViaParts {
 /// The range `part` occupies inside `base` (it must be a sub-slice of it; messages are
 /// far below 4 GiB, so `u32` offsets keep a remembered Via small).
 fn range_in(base: &[u8], part: &[u8]) -> Range<u32> {
-    let start = (part.as_ptr() as usize).saturating_sub(base.as_ptr() as usize);
-    let end = start.saturating_add(part.len());
-    u32::try_from(start).unwrap_or(u32::MAX)..u32::try_from(end).unwrap_or(u32::MAX)
+    let to_u32 = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+    crate::sip::range_within(base, part)
+        .map_or(u32::MAX..u32::MAX, |r| to_u32(r.start)..to_u32(r.end))
 }
 
 impl ViaParts {
