@@ -43,6 +43,16 @@ need_package /usr/lib/x86_64-linux-gnu/kamailio/modules/presence_dialoginfo.so k
 need_package chromium chromium
 need_package chromedriver chromium-driver
 
+# Incremental caches would add about 2 GB under target/ that a one-off run never reuses.
+export CARGO_INCREMENTAL=0
+# The build needs about 3 GB under target/ (clippy, tests, examples, benches); say so
+# up front rather than fail halfway through with "No space left on device".
+mkdir -p target
+free_kb=$(df -Pk target | awk 'NR == 2 { print $4 }')
+if [ "${free_kb:-0}" -lt 3500000 ]; then
+    echo "warning: only $((free_kb / 1024)) MB free under target/; the build needs about 3 GB" >&2
+fi
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy --all-targets -- -D warnings"
