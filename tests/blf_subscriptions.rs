@@ -757,6 +757,48 @@ fn the_proxy_notifies_inside_the_dialog_and_owns_the_numbering_from_then_on() {
 }
 
 #[test]
+fn answers_past_the_remembered_64_are_absorbed() {
+    let now = Instant::now();
+    let mut t = tracker();
+    let sub = Sub::new(13, "212", Transport::Tcp);
+    establish(&mut t, now, &sub, 10, 1);
+    t.set_teams_busy("212", true, now);
+    let own = check_framing(&drain(&mut t, now)[0].bytes);
+    assert_eq!(cseq(&own), 11);
+    // 70 PBX NOTIFYs (CSeq 11..=80, the phone sees 12..=81), none answered yet
+    let got: Vec<Message> = (11..=80)
+        .map(|seq| {
+            let n = sub.notify(
+                seq,
+                "active;expires=3600",
+                &dialog_info("212", seq.into(), false),
+            );
+            let action = t.on_message(now, Direction::ToPhone, &sub.phone, &n);
+            forwarded(&n, action).unwrap()
+        })
+        .collect();
+    let answer_of = |t: &mut Tracker, msg: &Message| {
+        let reply = answer(msg, 200, "OK");
+        let action = t.on_message(now, Direction::FromPhone, &sub.phone, &reply);
+        forwarded(&reply, action).map(|m| cseq(&m))
+    };
+    // the own NOTIFY and the oldest PBX ones are forgotten: their answers reach nobody,
+    // in particular not the PBX under a wrong number
+    assert_eq!(answer_of(&mut t, &own), None);
+    for msg in &got[..6] {
+        assert_eq!(answer_of(&mut t, msg), None, "CSeq {}", cseq(msg));
+    }
+    // the 64 newest still map back to the PBX's numbers
+    for (msg, pbx_seq) in got[6..].iter().zip(17..) {
+        assert_eq!(answer_of(&mut t, msg), Some(pbx_seq));
+    }
+    // an answer from before the takeover still passes with the PBX's own number
+    let first = sub.notify(10, "active;expires=3600", &dialog_info("212", 1, false));
+    assert_eq!(answer_of(&mut t, &first), Some(10));
+    assert_eq!(t.len(), 1);
+}
+
+#[test]
 fn a_passing_notify_is_injected_before_any_own_notify() {
     let now = Instant::now();
     let mut t = tracker();
@@ -1097,6 +1139,9 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
+/// How many NOTIFYs a phone of the model leaves unanswered at most.
+const PHONE_MAX_UNANSWERED: usize = 32;
+
 /// What one phone has seen of its subscription, and what the PBX has.
 #[derive(Debug, Default)]
 struct Watcher {
@@ -1223,6 +1268,13 @@ impl World {
             }
         }
         self.drain_own();
+        // a phone keeps only so many NOTIFYs unanswered (the tracker remembers 64; what
+        // happens past that is `answers_past_the_remembered_64_are_absorbed`)
+        for sub in 0..self.subs.len() {
+            while self.watchers[sub].unanswered.len() > PHONE_MAX_UNANSWERED {
+                self.phone_answers(sub, 0);
+            }
+        }
     }
 
     /// The phone of `sub` answers its `i`-th unanswered NOTIFY with a 200.

@@ -410,6 +410,9 @@ struct InFlight {
 #[derive(Debug)]
 struct Numbering {
     cseq_offset: u32,
+    /// The highest CSeq the phone had seen when the proxy took over the numbering:
+    /// numbers above it were given by the proxy.
+    taken_over_at: u32,
     last_phone_cseq: u32,
     version_offset: u64,
     last_phone_version: u64,
@@ -422,6 +425,7 @@ impl Numbering {
     fn new(last_phone_cseq: u32, last_phone_version: u64) -> Self {
         Self {
             cseq_offset: 0,
+            taken_over_at: last_phone_cseq,
             last_phone_cseq,
             version_offset: 0,
             last_phone_version,
@@ -1183,7 +1187,22 @@ impl<R: BlfRenderer> SubscriptionTracker<R> {
                 cseq: Some(pbx_cseq),
                 body: None,
             }),
-            _ => Forward::Pass, // sent before the proxy's first NOTIFY: the PBX's number
+            Some(_) => Forward::Pass, // the same number on both sides
+            None => match sub.numbering.as_deref() {
+                // a number the proxy gave and has since forgotten (more than
+                // MAX_OUTSTANDING NOTIFYs unanswered): which PBX NOTIFY it stood for is
+                // lost, and passing it on would answer the wrong one
+                Some(n) if seq > n.taken_over_at => {
+                    warn!(
+                        call_id = %String::from_utf8_lossy(call_id),
+                        cseq = seq,
+                        "answer to a BLF NOTIFY no longer remembered; absorbed"
+                    );
+                    Forward::Absorb
+                }
+                // sent before the proxy's first NOTIFY: the PBX's number
+                _ => Forward::Pass,
+            },
         };
         let final_notify = sub.final_notify_cseq == Some(seq);
         if is_final && ends_subscription(code) {
