@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tracing::{debug, info, warn};
 
-use super::flow::{ALIAS_PARAM, AliasTable, ConnId, Flow, parse_token, push_hex, token_text};
+use super::flow::{
+    ALIAS_PARAM, AliasTable, ConnId, Flow, parse_token, push_hex, push_hex_digits, token_text,
+};
 use super::limits::RateLimiter;
 use super::timers::{Deadline, T1, T2, TIMEOUT, TIMER_C, TimerKind, TimerQueue};
 use super::transaction::{ClientState, KeyMethod, ServerKey, ServerState, Txn};
@@ -35,6 +37,9 @@ const OWN_NOTIFY_BRANCH_PREFIX: &str = "z9hG4bKppn";
 
 /// Default Max-Forwards when a request carries none (RFC 3261 §16.6 step 3).
 const DEFAULT_MAX_FORWARDS: u8 = 70;
+/// The To tags of responses the proxy generates: this prefix and 12 hex digits.
+const OWN_TAG_PREFIX: &str = "pp";
+const OWN_TAG_LEN: usize = OWN_TAG_PREFIX.len() + 12;
 
 /// How often expired aliases and idle rate buckets are swept.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
@@ -546,7 +551,16 @@ impl Proxy {
             .and_then(Result::ok)
             .map(|c| c.seq())
             .hash(&mut h);
-        format!("pp{:012x}", h.finish() & 0xffff_ffff_ffff)
+        let mut tag = String::with_capacity(OWN_TAG_LEN);
+        tag.push_str(OWN_TAG_PREFIX);
+        push_hex_digits(&mut tag, h.finish(), 12);
+        tag
+    }
+
+    /// Whether a To tag may be one [`Self::tag_for`] wrote (its shape), before the
+    /// hash is worked out to be sure.
+    fn may_be_own_tag(tag: Option<&[u8]>) -> bool {
+        tag.is_some_and(|t| t.len() == OWN_TAG_LEN && t.starts_with(OWN_TAG_PREFIX.as_bytes()))
     }
 
     /// Our branch for transaction `id`: a reversible scramble of the id under the
@@ -583,7 +597,11 @@ impl Proxy {
             .and_then(|v| v.branch())
             .hash(&mut h);
         msg.header(HeaderName::CallId).hash(&mut h);
-        format!("{BRANCH_PREFIX}s{:016x}", h.finish())
+        let mut branch = String::with_capacity(BRANCH_PREFIX.len() + 17);
+        branch.push_str(BRANCH_PREFIX);
+        branch.push('s');
+        push_hex(&mut branch, h.finish());
+        branch
     }
 
     /// Whether a flow is the PBX: its exact address, or (for a PBX that sends from
@@ -1159,8 +1177,8 @@ impl Proxy {
             }
         }
         // the ACK for a final response this proxy generated itself (403, 404, 483, 503)
-        let own_tag = self.tag_for(&msg);
-        if msg.to_tag() == Some(own_tag.as_bytes()) {
+        let to_tag = msg.to_tag();
+        if Self::may_be_own_tag(to_tag) && to_tag == Some(self.tag_for(&msg).as_bytes()) {
             return;
         }
         let max_forwards = match msg.max_forwards() {

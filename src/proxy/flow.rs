@@ -223,8 +223,13 @@ pub fn token_text(token: u64) -> String {
 
 /// Appends a u64 as 16 lowercase hex digits (no `format!` on the per-message path).
 pub fn push_hex(out: &mut String, value: u64) {
+    push_hex_digits(out, value, 16);
+}
+
+/// Appends the low `digits` hex digits of `value` (lower case, zero padded).
+pub fn push_hex_digits(out: &mut String, value: u64, digits: u32) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    for shift in (0..16).rev() {
+    for shift in (0..digits.min(16)).rev() {
         out.push(char::from(HEX[((value >> (shift * 4)) & 0xf) as usize]));
     }
 }

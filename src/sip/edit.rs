@@ -5,7 +5,9 @@
 //! not asked to change is copied exactly as received: header order, case, compact
 //! names, folding and unknown headers included (RFC 3261 §16.6).
 
-use bytes::{BufMut, Bytes, BytesMut};
+use std::ops::Range;
+
+use bytes::Bytes;
 
 use super::error::ParseError;
 use super::header::{ListIter, NameAddr, parse_contact};
@@ -35,7 +37,8 @@ struct Splice {
     start: usize,
     end: usize,
     order: usize,
-    with: Vec<u8>,
+    /// What replaces `start..end`: a range of [`Editor::text`].
+    with: Range<usize>,
     /// A whole line: it must start on a fresh line (see [`Editor::finish`]).
     line: bool,
 }
@@ -45,7 +48,11 @@ struct Splice {
 pub struct Editor<'m> {
     msg: &'m Message,
     splices: Vec<Splice>,
-    body: Option<Vec<u8>>,
+    /// Every splice's new bytes, one after the other (one allocation per message, not
+    /// one per edit).
+    text: Vec<u8>,
+    /// The new body: a range of `text`.
+    body: Option<Range<usize>>,
 }
 
 impl<'m> Editor<'m> {
@@ -53,12 +60,23 @@ impl<'m> Editor<'m> {
     pub fn new(msg: &'m Message) -> Self {
         Self {
             msg,
-            splices: Vec::new(),
+            splices: Vec::with_capacity(8),
+            text: Vec::with_capacity(256),
             body: None,
         }
     }
 
-    fn add(&mut self, start: usize, end: usize, with: Vec<u8>) -> Result<(), EditError> {
+    fn add(&mut self, start: usize, end: usize, with: &[u8]) -> Result<(), EditError> {
+        self.add_with(start, end, |text| text.extend_from_slice(with))
+    }
+
+    /// Replaces `start..end` with what `write` appends to the text.
+    fn add_with(
+        &mut self,
+        start: usize,
+        end: usize,
+        write: impl FnOnce(&mut Vec<u8>),
+    ) -> Result<(), EditError> {
         let overlaps = self
             .splices
             .iter()
@@ -66,12 +84,14 @@ impl<'m> Editor<'m> {
         if overlaps {
             return Err(EditError::Overlap(start));
         }
+        let from = self.text.len();
+        write(&mut self.text);
         let order = self.splices.len();
         self.splices.push(Splice {
             start,
             end,
             order,
-            with,
+            with: from..self.text.len(),
             line: false,
         });
         Ok(())
@@ -83,20 +103,17 @@ impl<'m> Editor<'m> {
         memchr::memchr(b'\n', buf).map_or(buf.len(), |i| i + 1)
     }
 
-    fn line(name: &str, value: &[u8]) -> Vec<u8> {
-        let mut line = Vec::with_capacity(name.len() + value.len() + 4);
-        line.extend_from_slice(name.as_bytes());
-        line.extend_from_slice(b": ");
-        line.extend_from_slice(value);
-        line.extend_from_slice(b"\r\n");
-        line
-    }
-
-    /// Inserts a whole header line at `at`, a line start. When what precedes it in the
-    /// output has no line end (the last line of a datagram may lack one), `finish`
-    /// writes a CRLF first, once, so the new line is never glued onto the previous one.
-    fn insert_line(&mut self, at: usize, line: Vec<u8>) -> Result<(), EditError> {
-        self.add(at, at, line)?;
+    /// Inserts the header line `name: value` at `at`, a line start. When what precedes
+    /// it in the output has no line end (the last line of a datagram may lack one),
+    /// `finish` writes a CRLF first, once, so the new line is never glued onto the
+    /// previous one.
+    fn insert_line(&mut self, at: usize, name: &str, value: &[u8]) -> Result<(), EditError> {
+        self.add_with(at, at, |text| {
+            text.extend_from_slice(name.as_bytes());
+            text.extend_from_slice(b": ");
+            text.extend_from_slice(value);
+            text.extend_from_slice(b"\r\n");
+        })?;
         if let Some(last) = self.splices.last_mut() {
             last.line = true;
         }
@@ -107,7 +124,7 @@ impl<'m> Editor<'m> {
     pub fn insert_header(&mut self, name: &str, value: &[u8]) -> &mut Self {
         let at = self.top_of_headers();
         // insertions never overlap a replacement: the start line end is not replaced
-        let _ = self.insert_line(at, Self::line(name, value));
+        let _ = self.insert_line(at, name, value);
         self
     }
 
@@ -126,18 +143,28 @@ impl<'m> Editor<'m> {
             if remaining == 0 {
                 break;
             }
-            let items: Vec<_> = ListIter::new(msg.field_value(field)).collect();
-            if items.is_empty() {
-                continue;
+            // how many values the line holds, and where the first one that stays starts
+            let mut count = 0;
+            let mut kept_from = None;
+            for item in ListIter::new(msg.field_value(field)) {
+                if count == remaining {
+                    kept_from = Some(item.start);
+                    break;
+                }
+                count += 1;
             }
-            if items.len() <= remaining {
-                let line = field.line_span();
-                self.add(line.start(), line.end(), Vec::new())?;
-                remaining -= items.len();
-            } else {
-                let base = field.value_span().start();
-                self.add(base, base + items[remaining].start, Vec::new())?;
-                remaining = 0;
+            match kept_from {
+                None if count == 0 => continue,
+                None => {
+                    let line = field.line_span();
+                    self.add(line.start(), line.end(), b"")?;
+                    remaining -= count;
+                }
+                Some(kept_from) => {
+                    let base = field.value_span().start();
+                    self.add(base, base + kept_from, b"")?;
+                    remaining = 0;
+                }
             }
         }
         if remaining > 0 {
@@ -168,23 +195,24 @@ impl<'m> Editor<'m> {
         let via = msg.top_via().ok_or(EditError::Missing(HeaderName::Via))??;
         let params = via.params().as_bytes();
         let params_start = offset_within(msg.as_bytes(), params);
-        let mut kept = Vec::with_capacity(params.len() + 48);
-        for p in via.params().iter() {
-            if p.name.eq_ignore_ascii_case(b"received") || p.name.eq_ignore_ascii_case(b"rport") {
-                continue;
+        self.add_with(params_start, params_start + params.len(), |kept| {
+            for p in via.params().iter() {
+                if p.name.eq_ignore_ascii_case(b"received") || p.name.eq_ignore_ascii_case(b"rport")
+                {
+                    continue;
+                }
+                kept.push(b';');
+                kept.extend_from_slice(p.name);
+                if let Some(v) = p.value {
+                    kept.push(b'=');
+                    kept.extend_from_slice(v);
+                }
             }
-            kept.push(b';');
-            kept.extend_from_slice(p.name);
-            if let Some(v) = p.value {
-                kept.push(b'=');
-                kept.extend_from_slice(v);
-            }
-        }
-        kept.extend_from_slice(b";received=");
-        push_ip(&mut kept, ip);
-        kept.extend_from_slice(b";rport=");
-        push_decimal(&mut kept, u64::from(port));
-        self.add(params_start, params_start + params.len(), kept)?;
+            kept.extend_from_slice(b";received=");
+            push_ip(kept, ip);
+            kept.extend_from_slice(b";rport=");
+            push_decimal(kept, u64::from(port));
+        })?;
         Ok(self)
     }
 
@@ -200,7 +228,7 @@ impl<'m> Editor<'m> {
             .fields_named(HeaderName::RecordRoute)
             .next()
             .map_or_else(|| self.top_of_headers(), |f| f.line_span().start());
-        let _ = self.insert_line(at, Self::line("Record-Route", value));
+        let _ = self.insert_line(at, "Record-Route", value);
         self
     }
 
@@ -211,7 +239,7 @@ impl<'m> Editor<'m> {
             .fields_named(HeaderName::Path)
             .next()
             .map_or_else(|| self.top_of_headers(), |f| f.line_span().start());
-        let _ = self.insert_line(at, Self::line("Path", value));
+        let _ = self.insert_line(at, "Path", value);
         self
     }
 
@@ -220,20 +248,21 @@ impl<'m> Editor<'m> {
         let StartLine::Request { uri: span, .. } = *self.msg.start_line() else {
             return Err(EditError::NotARequest);
         };
-        self.add(span.start(), span.end(), uri.to_vec())?;
+        self.add(span.start(), span.end(), uri)?;
         Ok(self)
     }
 
     /// Sets Max-Forwards, adding the header when it is missing.
     pub fn set_max_forwards(&mut self, value: u8) -> Result<&mut Self, EditError> {
-        let text = value.to_string().into_bytes();
+        let mut digits = Vec::with_capacity(3);
+        push_decimal(&mut digits, u64::from(value));
         match self.msg.fields_named(HeaderName::MaxForwards).next() {
             Some(f) => {
                 let span = f.value_span();
-                self.add(span.start(), span.end(), text)?;
+                self.add(span.start(), span.end(), &digits)?;
             }
             None => {
-                self.insert_header("Max-Forwards", &text);
+                self.insert_header("Max-Forwards", &digits);
             }
         }
         Ok(self)
@@ -261,16 +290,16 @@ impl<'m> Editor<'m> {
         let old = addr.uri().as_bytes();
         let start = span.start() + offset_within(value, old);
         let end = start + old.len();
-        let with = if addr.is_bracketed() {
-            uri.to_vec()
-        } else {
-            let mut w = Vec::with_capacity(uri.len() + 2);
-            w.push(b'<');
-            w.extend_from_slice(uri);
-            w.push(b'>');
-            w
-        };
-        self.add(start, end, with)?;
+        let bracketed = addr.is_bracketed();
+        self.add_with(start, end, |with| {
+            if !bracketed {
+                with.push(b'<');
+            }
+            with.extend_from_slice(uri);
+            if !bracketed {
+                with.push(b'>');
+            }
+        })?;
         Ok(self)
     }
 
@@ -291,11 +320,9 @@ impl<'m> Editor<'m> {
                 HeaderName::CSeq,
             )));
         }
-        self.add(
-            span.start(),
-            span.start() + digits,
-            seq.to_string().into_bytes(),
-        )?;
+        self.add_with(span.start(), span.start() + digits, |text| {
+            push_decimal(text, u64::from(seq));
+        })?;
         Ok(self)
     }
 
@@ -307,7 +334,8 @@ impl<'m> Editor<'m> {
         content_type: Option<&[u8]>,
     ) -> Result<&mut Self, EditError> {
         let msg = self.msg;
-        let length = body.len().to_string().into_bytes();
+        let mut length = Vec::with_capacity(8);
+        push_decimal(&mut length, body.len() as u64);
         let end_of_headers = msg
             .fields()
             .last()
@@ -315,20 +343,22 @@ impl<'m> Editor<'m> {
         match msg.fields_named(HeaderName::ContentLength).next() {
             Some(f) => {
                 let span = f.value_span();
-                self.add(span.start(), span.end(), length)?;
+                self.add(span.start(), span.end(), &length)?;
             }
-            None => self.insert_line(end_of_headers, Self::line("Content-Length", &length))?,
+            None => self.insert_line(end_of_headers, "Content-Length", &length)?,
         }
         if let Some(ct) = content_type {
             match msg.fields_named(HeaderName::ContentType).next() {
                 Some(f) => {
                     let span = f.value_span();
-                    self.add(span.start(), span.end(), ct.to_vec())?;
+                    self.add(span.start(), span.end(), ct)?;
                 }
-                None => self.insert_line(end_of_headers, Self::line("Content-Type", ct))?,
+                None => self.insert_line(end_of_headers, "Content-Type", ct)?,
             }
         }
-        self.body = Some(body.to_vec());
+        let from = self.text.len();
+        self.text.extend_from_slice(body);
+        self.body = Some(from..self.text.len());
         Ok(self)
     }
 
@@ -343,11 +373,15 @@ impl<'m> Editor<'m> {
                 .is_some_and(|h| h.ends_with(b"\n\r\n") || h.ends_with(b"\n\n"));
         let body_span = msg.body_span();
         if let Some(body) = self.body.take() {
-            let mut with = Vec::with_capacity(body.len() + 2);
-            if !has_blank_line {
-                with.extend_from_slice(b"\r\n");
-            }
-            with.extend_from_slice(&body);
+            // the new body, after the blank line the head may lack
+            let with = if has_blank_line {
+                body
+            } else {
+                let from = self.text.len();
+                self.text.extend_from_slice(b"\r\n");
+                self.text.extend_from_within(body);
+                from..self.text.len()
+            };
             self.splices.push(Splice {
                 start: body_span.start(),
                 end: body_span.end(),
@@ -358,21 +392,38 @@ impl<'m> Editor<'m> {
         }
         self.splices
             .sort_by_key(|s| (s.start, s.end != s.start, s.order));
-        let extra: usize = self.splices.iter().map(|s| s.with.len()).sum();
-        let mut out = BytesMut::with_capacity(buf.len() + extra);
+        // two passes over the same pieces: the first measures, so that the second
+        // fills a buffer of exactly the right size (a `Bytes` made from a full `Vec`
+        // needs no second allocation)
+        let mut len = 0;
+        self.emit(buf, |piece| len += piece.len());
+        let mut out = Vec::with_capacity(len);
+        self.emit(buf, |piece| out.extend_from_slice(piece));
+        Bytes::from(out)
+    }
+
+    /// Hands the edited message to `sink`, piece by piece, in order.
+    fn emit(&self, buf: &[u8], mut sink: impl FnMut(&[u8])) {
         let mut pos = 0;
+        // whether what was written so far ends a line (or nothing was written)
+        let mut at_line_start = true;
+        let mut put = |piece: &[u8], at_line_start: &mut bool| {
+            if let Some(&last) = piece.last() {
+                *at_line_start = last == b'\n';
+                sink(piece);
+            }
+        };
         for s in &self.splices {
             if s.start > pos {
-                out.put_slice(&buf[pos..s.start]);
+                put(&buf[pos..s.start], &mut at_line_start);
             }
-            if s.line && !out.is_empty() && !out.ends_with(b"\n") {
-                out.put_slice(b"\r\n");
+            if s.line && !at_line_start {
+                put(b"\r\n", &mut at_line_start);
             }
-            out.put_slice(&s.with);
+            put(&self.text[s.with.clone()], &mut at_line_start);
             pos = pos.max(s.end);
         }
-        out.put_slice(&buf[pos.min(buf.len())..]);
-        out.freeze()
+        put(&buf[pos.min(buf.len())..], &mut at_line_start);
     }
 }
 
