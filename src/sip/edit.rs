@@ -254,14 +254,16 @@ impl<'m> Editor<'m> {
 
     /// Sets Max-Forwards, adding the header when it is missing.
     pub fn set_max_forwards(&mut self, value: u8) -> Result<&mut Self, EditError> {
-        let mut digits = Vec::with_capacity(3);
-        push_decimal(&mut digits, u64::from(value));
         match self.msg.fields_named(HeaderName::MaxForwards).next() {
             Some(f) => {
                 let span = f.value_span();
-                self.add(span.start(), span.end(), &digits)?;
+                self.add_with(span.start(), span.end(), |text| {
+                    push_decimal(text, u64::from(value));
+                })?;
             }
             None => {
+                let mut digits = Vec::with_capacity(3);
+                push_decimal(&mut digits, u64::from(value));
                 self.insert_header("Max-Forwards", &digits);
             }
         }
