@@ -246,6 +246,32 @@ fn provisional_and_final_responses_are_relayed_with_our_via_popped_and_100_absor
 }
 
 #[test]
+fn after_a_2xx_a_retransmitted_invite_is_absorbed_without_an_answer() {
+    // RFC 6026 §8.7: in Accepted the INVITE server transaction absorbs retransmissions;
+    // the UAS, not the proxy, retransmits its 2xx
+    let mut net = Net::new();
+    let text = invite("c3a", "z9hG4bK-c3a");
+    let fwd = only_to(&net.receive(PHONE, &text), PBX);
+    let ok = only_to(
+        &net.receive(PBX, &answer(&fwd, 200, "OK", Some("pbx1"), "")),
+        PHONE,
+    );
+    assert_eq!(status(&ok), 200);
+    let again = net.receive(PHONE, &text);
+    assert!(
+        again.is_empty(),
+        "neither forwarded nor answered: {again:#?}"
+    );
+    assert_eq!(net.proxy.transaction_count(), 1, "the transaction lingers");
+    // the UAS's own 2xx retransmission still reaches the caller
+    let resent = only_to(
+        &net.receive(PBX, &answer(&fwd, 200, "OK", Some("pbx1"), "")),
+        PHONE,
+    );
+    assert_eq!(status(&resent), 200);
+}
+
+#[test]
 fn a_retransmitted_invite_is_absorbed_and_answered_with_the_last_response() {
     let mut net = Net::new();
     let text = invite("c3", "z9hG4bK-c");

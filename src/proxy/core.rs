@@ -139,7 +139,10 @@ pub struct Stats {
 #[derive(Debug)]
 pub struct Proxy {
     config: ProxyConfig,
-    txns: HashMap<u64, Txn, BuildHasherDefault<IdHasher>>,
+    /// Boxed: a record is about 400 bytes and lingers 32 s after its final response,
+    /// so the table keeps pointers (growing it moves 16 bytes per entry, and its empty
+    /// slots cost 16 bytes each instead of a whole record).
+    txns: HashMap<u64, Box<Txn>, BuildHasherDefault<IdHasher>>,
     /// Keys come from the network: foldhash with a random seed per map, like the
     /// observer's tables (SipHash cost more than the lookup itself).
     by_server_key: foldhash::HashMap<ServerKey, u64>,
@@ -851,7 +854,6 @@ impl Proxy {
             cancelled: false,
             failovers: 0,
             generations: [0; 5],
-            created: now,
         };
         self.by_server_key.insert(key, id);
         let downstream = txn.downstream;
@@ -861,7 +863,7 @@ impl Proxy {
         };
         self.observer
             .on_message(now, direction, PhoneAddr::from(&phone), &msg);
-        self.txns.insert(id, txn);
+        self.txns.insert(id, Box::new(txn));
         if downstream.transport == Transport::Udp {
             self.schedule(id, TimerKind::Retransmit, now + T1);
         }
@@ -1341,9 +1343,15 @@ impl Proxy {
                     txn.server_state = ServerState::Completed;
                 }
                 txn.request = None;
+                if invite {
+                    // RFC 6026 §8.7: in Accepted, retransmissions of the INVITE are
+                    // absorbed (the UAS retransmits its 2xx itself), so nothing is kept
+                    // to answer them with
+                    txn.last_response = None;
+                }
                 self.stop_client_timers(id);
                 self.schedule(id, TimerKind::Expire, now + TIMEOUT);
-                self.relay_response(now, id, &msg, true);
+                self.relay_response(now, id, &msg, !invite);
             }
             _ => {
                 if txn.client_state == ClientState::Completed {

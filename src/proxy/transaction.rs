@@ -5,7 +5,7 @@
 //! retransmissions) and the *client* side facing the next hop (our branch, the
 //! forwarded bytes for retransmission, CANCEL and ACK).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 
@@ -134,8 +134,6 @@ pub struct Txn {
     /// Per timer kind, bumped whenever that timer is rescheduled or cancelled, so that
     /// stale deadlines are recognised when they fire.
     pub generations: [u32; 5],
-    /// When the record was created.
-    pub created: Instant,
 }
 
 impl Txn {

@@ -230,6 +230,15 @@ pub struct Message {
     top_via: OnceLock<Option<Result<ViaParts, ParseError>>>,
     from_tag: OnceLock<Option<Span>>,
     to_tag: OnceLock<Option<Span>>,
+    cseq: OnceLock<Option<CSeqParts>>,
+}
+
+/// A parsed CSeq without the borrow: the number, the method and where its token is.
+#[derive(Debug, Clone, Copy)]
+struct CSeqParts {
+    seq: u32,
+    method: Method,
+    method_bytes: Span,
 }
 
 /// Two messages are equal when their bytes and index are; what was remembered from
@@ -586,6 +595,7 @@ impl Message {
             top_via: OnceLock::new(),
             from_tag: OnceLock::new(),
             to_tag: OnceLock::new(),
+            cseq: OnceLock::new(),
         }
     }
 
@@ -814,8 +824,25 @@ impl Message {
     }
 
     /// The CSeq header.
+    /// Parsed once; every later call rebuilds the view from what was remembered (an
+    /// absent or malformed CSeq is looked at again, to report it).
     pub fn cseq(&self) -> Option<Result<CSeq<'_>, ParseError>> {
-        self.single(HeaderName::CSeq, CSeq::parse)
+        let parts = self.cseq.get_or_init(|| {
+            let parsed = self.single(HeaderName::CSeq, CSeq::parse)?.ok()?;
+            Some(CSeqParts {
+                seq: parsed.seq(),
+                method: parsed.method(),
+                method_bytes: self.range_of(parsed.method_bytes())?,
+            })
+        });
+        match *parts {
+            Some(p) => Some(Ok(CSeq::from_parts(
+                p.seq,
+                p.method,
+                self.buf.get(p.method_bytes.range()).unwrap_or_default(),
+            ))),
+            None => self.single(HeaderName::CSeq, CSeq::parse),
+        }
     }
 
     /// Max-Forwards (0 to 255).
@@ -989,7 +1016,11 @@ impl Message {
                         let _ = cell.set(addr.tag().and_then(|tag| self.range_of(tag)));
                     })
                 }
-                HeaderName::CSeq => self.check_single(name, span, CSeq::parse),
+                // the first CSeq (a second was refused above), parsed once for all
+                HeaderName::CSeq => match self.cseq() {
+                    Some(Err(e)) => Err(e),
+                    _ => Ok(()),
+                },
                 HeaderName::MaxForwards => {
                     self.check_single(name, span, |v| all_of(v, super::grammar::decimal::<u8>))
                 }
@@ -1069,7 +1100,9 @@ impl Message {
                 ));
             }
             if field.name == HeaderName::CSeq {
-                self.check_single(HeaderName::CSeq, field.value, CSeq::parse)?;
+                if let Some(Err(e)) = self.cseq() {
+                    return Err(e);
+                }
             }
         }
         for (slot, name) in [

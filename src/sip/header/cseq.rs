@@ -34,6 +34,14 @@ impl<'a> CSeq<'a> {
             method_bytes,
         })
     }
+    /// A CSeq already parsed (a message remembers its parts, not the borrow).
+    pub(crate) fn from_parts(seq: u32, method: Method, method_bytes: &'a [u8]) -> Self {
+        Self {
+            seq,
+            method,
+            method_bytes,
+        }
+    }
     /// The sequence number.
     pub fn seq(&self) -> u32 {
         self.seq
