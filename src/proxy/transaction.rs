@@ -5,6 +5,7 @@
 //! retransmissions) and the *client* side facing the next hop (our branch, the
 //! forwarded bytes for retransmission, CANCEL and ACK).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -16,8 +17,10 @@ use crate::sip::{Message, Method};
 /// Identifies a server transaction: RFC 3261 §17.2.3 (branch, sent-by, method; ACK
 /// and CANCEL matched against the INVITE), or the RFC 2543 fallback for branches
 /// without the magic cookie.
+///
+/// Shared, not copied: the key table and the transaction record hold the same bytes.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct ServerKey(Box<[u8]>);
+pub struct ServerKey(Arc<[u8]>);
 
 /// The method class a key is built for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,7 +65,7 @@ impl ServerKey {
         }
         key.push(b'|');
         key.extend_from_slice(method);
-        Some(Self(key.into_boxed_slice()))
+        Some(Self(Arc::from(key)))
     }
 }
 
