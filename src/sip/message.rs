@@ -823,9 +823,8 @@ impl Message {
         })
     }
 
-    /// The CSeq header.
-    /// Parsed once; every later call rebuilds the view from what was remembered (an
-    /// absent or malformed CSeq is looked at again, to report it).
+    /// The CSeq header, parsed once: later calls rebuild the view from what was
+    /// remembered (an absent or malformed CSeq is looked at again, to report it).
     pub fn cseq(&self) -> Option<Result<CSeq<'_>, ParseError>> {
         let parts = self.cseq.get_or_init(|| {
             let parsed = self.single(HeaderName::CSeq, CSeq::parse)?.ok()?;
