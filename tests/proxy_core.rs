@@ -814,6 +814,34 @@ fn a_malformed_request_gets_400_naming_the_defect_and_a_malformed_response_is_dr
 }
 
 #[test]
+fn a_response_with_a_malformed_lower_via_is_relayed_through_its_transaction() {
+    // the lower Via is the phone's own, echoed by the PBX: the proxy routes the
+    // response by its transaction (RFC 3261 §16.7) and needs only its own, top Via
+    let mut net = Net::new();
+    let out = net.receive(PHONE, &invite("lowvia", "z9hG4bK-lv"));
+    let fwd = only_to(&out, PBX);
+    let phone_via = values(&fwd, HeaderName::Via)[1].clone();
+    let response = answer(&fwd, 180, "Ringing", Some("pbx1"), "")
+        .replace(&phone_via, "SIP/2.0/UDP [not-an-address;branch=z9hG4bK-lv");
+    let relayed = only_to(&net.receive(PBX, &response), PHONE);
+    assert_eq!(status(&relayed), 180);
+    assert_eq!(
+        values(&relayed, HeaderName::Via),
+        vec!["SIP/2.0/UDP [not-an-address;branch=z9hG4bK-lv".to_owned()],
+        "our Via popped, the phone's left as it came"
+    );
+    assert_eq!(net.proxy.stats().parse_errors, 0);
+    // a malformed *top* Via still drops the response: it names the transaction
+    let response = answer(&fwd, 200, "OK", Some("pbx1"), "").replacen(
+        "Via: SIP/2.0/UDP 10.0.0.1:5060",
+        "Via: SIP/2.0/UDP [10.0.0.1:5060",
+        1,
+    );
+    assert!(net.receive(PBX, &response).is_empty());
+    assert_eq!(net.proxy.stats().parse_errors, 1);
+}
+
+#[test]
 fn over_tcp_responses_return_on_the_same_connection_and_record_route_is_doubled() {
     let mut net = Net::new();
     let flow = Flow {

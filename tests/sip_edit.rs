@@ -209,3 +209,22 @@ fn a_malformed_top_via_is_refused_by_the_edit() {
         Err(EditError::Malformed(_))
     ));
 }
+
+#[test]
+fn received_is_appended_after_the_top_values_own_parameters_on_a_via_line_with_two_values() {
+    let msg = parse(b"OPTIONS sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.5:5060;branch=z9hG4bK-a1;x=\"q;r\" , SIP/2.0/UDP other;branch=z9hG4bK-o\r\nf: <sip:x@y>;tag=1\r\nt: <sip:a@b>\r\ni: c\r\nCSeq: 2 OPTIONS\r\nl: 0\r\n\r\n");
+    let mut e = Editor::new(&msg);
+    e.set_top_via_received("192.0.2.7".parse().unwrap(), 40123)
+        .expect("edit");
+    let out = e.finish();
+    let text = String::from_utf8_lossy(&out);
+    assert!(
+        text.contains("Via: SIP/2.0/UDP 10.0.0.5:5060;branch=z9hG4bK-a1;x=\"q;r\";received=192.0.2.7;rport=40123 , SIP/2.0/UDP other;branch=z9hG4bK-o\r\n"),
+        "{text}"
+    );
+    let edited = Message::parse(out).expect("parses");
+    let vias: Vec<_> = edited.vias().map(|v| v.expect("parses")).collect();
+    assert_eq!(vias.len(), 2);
+    assert_eq!(vias[0].rport(), Some(Some(40123)));
+    assert_eq!(vias[1].received(), None);
+}

@@ -146,6 +146,9 @@ pub struct Proxy {
     /// Keys come from the network: foldhash with a random seed per map, like the
     /// observer's tables (SipHash cost more than the lookup itself).
     by_server_key: foldhash::HashMap<ServerKey, u64>,
+    /// Where a request's server key is written to look it up (reused: a lookup
+    /// allocates nothing; only a new transaction's key is copied out of it).
+    key_buf: Vec<u8>,
     timers: TimerQueue,
     aliases: AliasTable,
     limiter: RateLimiter,
@@ -274,6 +277,7 @@ impl Proxy {
             config,
             txns: HashMap::default(),
             by_server_key: foldhash::HashMap::default(),
+            key_buf: Vec::with_capacity(128),
             timers: TimerQueue::default(),
             aliases,
             limiter,
@@ -741,12 +745,12 @@ impl Proxy {
         } else {
             KeyMethod::Other
         };
-        let Some(key) = ServerKey::of(&msg, class) else {
+        if ServerKey::write(&msg, class, &mut self.key_buf).is_none() {
             self.respond(flow, &msg, 400, "Bad Request - Malformed Via", &[]);
             return;
-        };
+        }
         // a retransmission: answer with the last response, or absorb
-        if let Some(&id) = self.by_server_key.get(&key) {
+        if let Some(&id) = self.by_server_key.get(self.key_buf.as_slice()) {
             if let Some(txn) = self.txns.get(&id) {
                 if let Some(last) = txn.last_response.clone() {
                     self.stats.retransmissions += 1;
@@ -755,6 +759,7 @@ impl Proxy {
             }
             return;
         }
+        let key = ServerKey::from_bytes(&self.key_buf);
         let max_forwards = match msg.max_forwards() {
             Some(Ok(n)) => n,
             _ => DEFAULT_MAX_FORWARDS + 1,
@@ -1164,8 +1169,8 @@ impl Proxy {
     /// ACK: absorbed when it acknowledges a non-2xx response of ours (hop by hop),
     /// forwarded statelessly otherwise (the 2xx ACK is end to end).
     fn handle_ack(&mut self, now: Instant, flow: Flow, side: Side, msg: Message) {
-        if let Some(key) = ServerKey::of(&msg, KeyMethod::Invite) {
-            if let Some(&id) = self.by_server_key.get(&key) {
+        if ServerKey::write(&msg, KeyMethod::Invite, &mut self.key_buf).is_some() {
+            if let Some(&id) = self.by_server_key.get(self.key_buf.as_slice()) {
                 if let Some(txn) = self.txns.get_mut(&id) {
                     if txn.server_state == ServerState::Completed {
                         txn.server_state = ServerState::Confirmed;
@@ -1217,8 +1222,8 @@ impl Proxy {
     /// CANCEL (§16.10): answered 200 here, and sent downstream once the INVITE has had
     /// a provisional response there (§9.1).
     fn handle_cancel(&mut self, flow: Flow, msg: Message) {
-        let invite = ServerKey::of(&msg, KeyMethod::Invite)
-            .and_then(|k| self.by_server_key.get(&k).copied());
+        let invite = ServerKey::write(&msg, KeyMethod::Invite, &mut self.key_buf)
+            .and_then(|()| self.by_server_key.get(self.key_buf.as_slice()).copied());
         let Some(id) = invite else {
             self.respond(flow, &msg, 481, "Call/Transaction Does Not Exist", &[]);
             return;

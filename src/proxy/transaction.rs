@@ -19,8 +19,16 @@ use crate::sip::{Message, Method};
 /// without the magic cookie.
 ///
 /// Shared, not copied: the key table and the transaction record hold the same bytes.
+/// Lookups need no key of their own: [`ServerKey::write`] puts the key's bytes in a
+/// reused buffer and the table is searched by those (`Borrow<[u8]>`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ServerKey(Arc<[u8]>);
+
+impl std::borrow::Borrow<[u8]> for ServerKey {
+    fn borrow(&self) -> &[u8] {
+        &self.0
+    }
+}
 
 /// The method class a key is built for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,8 +44,21 @@ pub enum KeyMethod {
 impl ServerKey {
     /// The key of a request, `None` when it has no usable top Via or CSeq.
     pub fn of(msg: &Message, class: KeyMethod) -> Option<Self> {
+        let mut key = Vec::new();
+        Self::write(msg, class, &mut key)?;
+        Some(Self::from_bytes(&key))
+    }
+
+    /// A key from the bytes [`ServerKey::write`] wrote.
+    pub fn from_bytes(key: &[u8]) -> Self {
+        Self(Arc::from(key))
+    }
+
+    /// Writes the key of a request into `key` (cleared first); `None` when it has no
+    /// usable top Via or CSeq.
+    pub fn write(msg: &Message, class: KeyMethod, key: &mut Vec<u8>) -> Option<()> {
+        key.clear();
         let via = msg.top_via()?.ok()?;
-        let mut key = Vec::with_capacity(96);
         let method: &[u8] = match class {
             KeyMethod::Invite => b"INVITE",
             KeyMethod::Cancel => b"CANCEL",
@@ -49,7 +70,7 @@ impl ServerKey {
                 key.push(b'|');
                 key.extend(via.host().iter().map(u8::to_ascii_lowercase));
                 key.push(b':');
-                crate::sip::edit::push_decimal(&mut key, u64::from(via.port().unwrap_or(0)));
+                crate::sip::edit::push_decimal(key, u64::from(via.port().unwrap_or(0)));
             }
             None => {
                 // RFC 2543: Request-URI, To tag, From tag, Call-ID, CSeq number, top Via
@@ -58,14 +79,14 @@ impl ServerKey {
                 key.push(b'|');
                 key.extend_from_slice(msg.from()?.ok()?.tag().unwrap_or_default());
                 key.push(b'|');
-                crate::sip::edit::push_decimal(&mut key, u64::from(msg.cseq()?.ok()?.seq()));
+                crate::sip::edit::push_decimal(key, u64::from(msg.cseq()?.ok()?.seq()));
                 key.push(b'|');
                 key.extend_from_slice(via.host());
             }
         }
         key.push(b'|');
         key.extend_from_slice(method);
-        Some(Self(Arc::from(key)))
+        Some(())
     }
 }
 

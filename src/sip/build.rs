@@ -3,6 +3,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use super::edit::decimal;
 use super::header_name::HeaderName;
 use super::message::Message;
 
@@ -57,7 +58,7 @@ impl<'m> ResponseBuilder<'m> {
         let req = self.request;
         let mut out = BytesMut::with_capacity(512);
         out.put_slice(b"SIP/2.0 ");
-        out.put_slice(self.code.to_string().as_bytes());
+        out.put_slice(decimal(u64::from(self.code), &mut [0u8; 20]));
         out.put_u8(b' ');
         out.put_slice(self.reason.as_bytes());
         out.put_slice(b"\r\n");
@@ -69,13 +70,12 @@ impl<'m> ResponseBuilder<'m> {
                 HeaderName::To => {
                     out.put_slice(b"To: ");
                     out.put_slice(req.field_value(field));
-                    let has_tag = req
-                        .to()
-                        .and_then(Result::ok)
-                        .is_some_and(|to| to.tag().is_some());
-                    if let (false, Some(tag), true) = (has_tag, self.to_tag, self.code > 100) {
-                        out.put_slice(b";tag=");
-                        out.put_slice(tag.as_bytes());
+                    // the request's To tag is remembered from validation (parsed once)
+                    if let (Some(tag), true) = (self.to_tag, self.code > 100) {
+                        if req.to_tag().is_none() {
+                            out.put_slice(b";tag=");
+                            out.put_slice(tag.as_bytes());
+                        }
                     }
                     out.put_slice(b"\r\n");
                     false
@@ -105,7 +105,7 @@ impl<'m> ResponseBuilder<'m> {
             None => b"",
         };
         out.put_slice(b"Content-Length: ");
-        out.put_slice(body.len().to_string().as_bytes());
+        out.put_slice(decimal(body.len() as u64, &mut [0u8; 20]));
         out.put_slice(b"\r\n\r\n");
         out.put_slice(body);
         out.freeze()

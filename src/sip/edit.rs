@@ -195,10 +195,23 @@ impl<'m> Editor<'m> {
         let via = msg.top_via().ok_or(EditError::Missing(HeaderName::Via))??;
         let params = via.params().as_bytes();
         let params_start = offset_within(msg.as_bytes(), params);
-        self.add_with(params_start, params_start + params.len(), |kept| {
+        let params_end = params_start + params.len();
+        let is_replaced = |name: &[u8]| {
+            name.eq_ignore_ascii_case(b"received") || name.eq_ignore_ascii_case(b"rport")
+        };
+        if !via.params().iter().any(|p| is_replaced(p.name)) {
+            // nothing to replace (the usual case): append after the parameters as written
+            self.add_with(params_end, params_end, |text| {
+                text.extend_from_slice(b";received=");
+                push_ip(text, ip);
+                text.extend_from_slice(b";rport=");
+                push_decimal(text, u64::from(port));
+            })?;
+            return Ok(self);
+        }
+        self.add_with(params_start, params_end, |kept| {
             for p in via.params().iter() {
-                if p.name.eq_ignore_ascii_case(b"received") || p.name.eq_ignore_ascii_case(b"rport")
-                {
+                if is_replaced(p.name) {
                     continue;
                 }
                 kept.push(b';');
@@ -448,8 +461,13 @@ fn offset_within(whole: &[u8], sub: &[u8]) -> usize {
 
 /// Appends `n` in decimal (what `write!` does, without the formatting machinery on the
 /// per-message path).
-pub(crate) fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
-    let mut digits = [0u8; 20];
+pub(crate) fn push_decimal(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(decimal(n, &mut [0u8; 20]));
+}
+
+/// `n` in decimal, written into the end of `digits` (no allocation, unlike
+/// `to_string`).
+pub(crate) fn decimal(mut n: u64, digits: &mut [u8; 20]) -> &[u8] {
     let mut at = digits.len();
     loop {
         at -= 1;
@@ -459,7 +477,7 @@ pub(crate) fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
             break;
         }
     }
-    out.extend_from_slice(&digits[at..]);
+    &digits[at..]
 }
 
 /// Appends an address as `Display` writes it: dotted quad for IPv4, RFC 5952 text for

@@ -1060,11 +1060,15 @@ impl Message {
         Ok(())
     }
 
-    /// The checks a proxy needs before relaying a *response*: every Via parses (they
-    /// route it back), CSeq parses (it names the transaction's method), Call-ID, From
-    /// and To are present once. Display names and URIs of From/To/Contact are not
-    /// parsed: a response is relayed as it came, and only requests are answered with
-    /// 400 for defects there (RFC 4475 §3.1.2 is about requests and their parsers).
+    /// The checks a proxy needs before relaying a *response*: the top Via parses (it
+    /// names the transaction), every Via line holds a value, CSeq parses (it names the
+    /// transaction's method), Call-ID, From and To are present once. The lower Vias,
+    /// display names and URIs of From/To/Contact are not parsed: a response is
+    /// relayed as it came through the transaction's upstream flow, the lower Vias are
+    /// the upstream elements' own (parsed when one is needed to route a response
+    /// statelessly), and only requests are answered with 400 for defects (RFC 3261
+    /// §16.3 asks a proxy to validate only what it uses; RFC 4475 §3.1.2 is about
+    /// requests and their parsers).
     pub fn validate_response(&self) -> Result<(), ParseError> {
         let mut count = [0usize; 4];
         let mut seen_via = false;
@@ -1083,9 +1087,12 @@ impl Message {
                             HeaderName::Via,
                         ));
                     }
-                    let top = !seen_via;
-                    seen_via = true;
-                    self.check_vias(span, top)?;
+                    if !seen_via {
+                        seen_via = true;
+                        if let Some(Err(e)) = self.top_via() {
+                            return Err(e);
+                        }
+                    }
                     continue;
                 }
                 _ => continue,

@@ -19,6 +19,8 @@ pub struct Via<'a> {
     host: &'a [u8],
     port: Option<u16>,
     params: Params<'a>,
+    /// Found once while parsing: transaction matching asks for it several times.
+    branch: Option<&'a [u8]>,
 }
 
 fn via_parm(i: &[u8]) -> Res<'_, Via<'_>> {
@@ -28,6 +30,7 @@ fn via_parm(i: &[u8]) -> Res<'_, Via<'_>> {
     let (i, _) = lws(i)?;
     let (i, (host, port)) = host_port(i)?;
     let (i, params) = generic_params(i)?;
+    let params = Params::new(params);
     Ok((
         i,
         Via {
@@ -36,7 +39,8 @@ fn via_parm(i: &[u8]) -> Res<'_, Via<'_>> {
             transport,
             host,
             port,
-            params: Params::new(params),
+            params,
+            branch: params.value("branch"),
         },
     ))
 }
@@ -52,6 +56,7 @@ pub(crate) struct ViaParts {
     host: Range<u32>,
     port: Option<u16>,
     params: Range<u32>,
+    branch: Option<Range<u32>>,
 }
 
 /// The range `part` occupies inside `base` (it must be a sub-slice of it; messages are
@@ -77,6 +82,7 @@ impl ViaParts {
             host: at(&self.host),
             port: self.port,
             params: Params::new(at(&self.params)),
+            branch: self.branch.as_ref().map(at),
         }
     }
 }
@@ -91,6 +97,7 @@ impl<'a> Via<'a> {
             host: range_in(base, self.host),
             port: self.port,
             params: range_in(base, self.params.as_bytes()),
+            branch: self.branch.map(|b| range_in(base, b)),
         }
     }
 
@@ -125,7 +132,7 @@ impl<'a> Via<'a> {
     }
     /// The branch parameter.
     pub fn branch(&self) -> Option<&'a [u8]> {
-        self.params.value("branch")
+        self.branch
     }
     /// Whether the branch starts with the RFC 3261 magic cookie (else the transaction
     /// is matched the RFC 2543 way, RFC 3261 §17.2.3).
