@@ -583,10 +583,8 @@ impl Proxy {
     /// The transaction a branch of ours names, if it is one.
     fn txn_of_branch(&self, branch: &[u8]) -> Option<u64> {
         let hex = branch.strip_prefix(BRANCH_PREFIX.as_bytes())?;
-        if hex.len() != 16 {
-            return None;
-        }
-        let value = u64::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?;
+        // sixteen hex digits, like a flow token
+        let value = parse_token(hex)?;
         let id = unscramble(value, self.config.seed);
         self.txns
             .get(&id)

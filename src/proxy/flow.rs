@@ -239,7 +239,24 @@ pub fn parse_token(text: &[u8]) -> Option<u64> {
     if text.len() != 16 {
         return None;
     }
-    std::str::from_utf8(text)
-        .ok()
-        .and_then(|s| u64::from_str_radix(s, 16).ok())
+    text.iter().try_fold(0u64, |value, &c| {
+        let digit = char::from(c).to_digit(16)?;
+        Some(value << 4 | u64::from(digit))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_read_back_as_written_and_only_as_sixteen_hex_digits() {
+        for token in [0, 1, 0xdead_beef, u64::MAX] {
+            assert_eq!(parse_token(token_text(token).as_bytes()), Some(token));
+        }
+        assert_eq!(parse_token(b"00000000000000FF"), Some(255), "either case");
+        assert_eq!(parse_token(b"+000000000000001"), None, "no sign");
+        assert_eq!(parse_token(b"00000000000000g1"), None);
+        assert_eq!(parse_token(b"0000000000000001f"), None, "seventeen digits");
+    }
 }

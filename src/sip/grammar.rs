@@ -199,12 +199,12 @@ pub(crate) fn generic_params(i: &[u8]) -> Res<'_, &[u8]> {
 }
 
 /// A decimal number that must fit `T` (leading zeros allowed).
-pub(crate) fn decimal<T: std::str::FromStr>(i: &[u8]) -> Res<'_, T> {
+pub(crate) fn decimal<T: TryFrom<u64>>(i: &[u8]) -> Res<'_, T> {
     map_res(digit1, |digits: &[u8]| {
-        // digits are ASCII, so this is valid UTF-8
-        std::str::from_utf8(digits)
-            .map_err(|_| ())
-            .and_then(|s| s.parse::<T>().map_err(|_| ()))
+        let value = digits.iter().try_fold(0u64, |value, &d| {
+            value.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+        });
+        value.and_then(|v| T::try_from(v).ok()).ok_or(())
     })
     .parse(i)
 }
@@ -277,6 +277,15 @@ mod tests {
         assert_eq!(raw, b" ;\r\n  tag = 98asjd8 ; x");
         let (rest, _) = generic_params(b";;").unwrap();
         assert_eq!(rest, b";;", "an empty parameter is not consumed");
+    }
+
+    #[test]
+    fn decimals_must_fit_their_type() {
+        assert_eq!(decimal::<u8>(b"255;x").unwrap(), (&b";x"[..], 255));
+        assert!(decimal::<u8>(b"256").is_err());
+        assert_eq!(decimal::<u16>(b"0065535").unwrap().1, 65535);
+        assert!(decimal::<u16>(b"65536").is_err());
+        assert!(decimal::<u16>(b"+5").is_err(), "digits only");
     }
 
     #[test]

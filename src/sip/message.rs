@@ -5,8 +5,8 @@
 //! forms) but nothing is copied and no value is parsed. Typed accessors parse a value
 //! when asked. Forwarding a message that was not edited sends the very same bytes.
 
+use std::cell::OnceCell;
 use std::ops::Range;
-use std::sync::OnceLock;
 
 use bytes::Bytes;
 
@@ -227,10 +227,10 @@ pub struct Message {
     fields: Vec<HeaderField>,
     head_end: usize,
     body: Span,
-    top_via: OnceLock<Option<Result<ViaParts, ParseError>>>,
-    from_tag: OnceLock<Option<Span>>,
-    to_tag: OnceLock<Option<Span>>,
-    cseq: OnceLock<Option<CSeqParts>>,
+    top_via: OnceCell<Option<Result<ViaParts, ParseError>>>,
+    from_tag: OnceCell<Option<Span>>,
+    to_tag: OnceCell<Option<Span>>,
+    cseq: OnceCell<Option<CSeqParts>>,
 }
 
 /// A parsed CSeq without the borrow: the number, the method and where its token is.
@@ -283,11 +283,19 @@ fn next_line(buf: &[u8], pos: usize) -> (usize, usize) {
     }
 }
 
-fn trim_end(buf: &[u8], start: usize, mut end: usize) -> usize {
-    while end > start && matches!(buf[end - 1], b' ' | b'\t') {
-        end -= 1;
-    }
-    end
+fn trim_end(buf: &[u8], start: usize, end: usize) -> usize {
+    buf[start..end]
+        .iter()
+        .rposition(|&c| !matches!(c, b' ' | b'\t'))
+        .map_or(start, |last| start + last + 1)
+}
+
+/// How many bytes at the start of `bytes` are SP or HT.
+fn leading_blanks(bytes: &[u8]) -> usize {
+    bytes
+        .iter()
+        .position(|&c| !matches!(c, b' ' | b'\t'))
+        .unwrap_or(bytes.len())
 }
 
 fn is_sip_version(v: &[u8]) -> bool {
@@ -459,25 +467,21 @@ pub(crate) fn parse_head(buf: &[u8], limits: &Limits, datagram: bool) -> Result<
             continue;
         }
         // header-name *WSP ":" value
-        let mut name_end = pos;
-        while name_end < line_end && is_token_char(buf[name_end]) {
-            name_end += 1;
-        }
-        if name_end == pos {
+        let line = &buf[pos..line_end];
+        let name_len = line
+            .iter()
+            .position(|&c| !is_token_char(c))
+            .unwrap_or(line.len());
+        if name_len == 0 {
             return Err(ParseError::new(ParseErrorKind::BadHeaderLine, pos));
         }
-        let mut colon = name_end;
-        while colon < line_end && matches!(buf[colon], b' ' | b'\t') {
-            colon += 1;
-        }
+        let name_end = pos + name_len;
+        let colon = name_end + leading_blanks(&line[name_len..]);
         if colon >= line_end || buf[colon] != b':' {
             return Err(ParseError::new(ParseErrorKind::BadHeaderLine, colon));
         }
-        let name = HeaderName::from_bytes(&buf[pos..name_end]);
-        let mut value_start = colon + 1;
-        while value_start < line_end && matches!(buf[value_start], b' ' | b'\t') {
-            value_start += 1;
-        }
+        let name = HeaderName::from_bytes(&line[..name_len]);
+        let value_start = colon + 1 + leading_blanks(&buf[colon + 1..line_end]);
         let value_end = trim_end(buf, value_start, line_end);
         if fields.len() >= limits.max_headers {
             return Err(ParseError::new(ParseErrorKind::TooManyHeaders, pos));
@@ -592,10 +596,10 @@ impl Message {
             fields: head.fields,
             head_end: head.end,
             body,
-            top_via: OnceLock::new(),
-            from_tag: OnceLock::new(),
-            to_tag: OnceLock::new(),
-            cseq: OnceLock::new(),
+            top_via: OnceCell::new(),
+            from_tag: OnceCell::new(),
+            to_tag: OnceCell::new(),
+            cseq: OnceCell::new(),
         }
     }
 
@@ -792,7 +796,7 @@ impl Message {
         self.tag_of(&self.to_tag, HeaderName::To)
     }
 
-    fn tag_of(&self, cell: &OnceLock<Option<Span>>, name: HeaderName) -> Option<&[u8]> {
+    fn tag_of(&self, cell: &OnceCell<Option<Span>>, name: HeaderName) -> Option<&[u8]> {
         let range = cell.get_or_init(|| {
             let tag = self.single(name, NameAddr::parse)?.ok()?.tag()?;
             self.range_of(tag)
