@@ -139,8 +139,9 @@ async fn a_phone_on_udp_reaches_a_pbx_on_verified_tls() {
         vec![100, 200],
         "100 from the proxy, then the PBX's 200 over TLS"
     );
-    let seen = pbx_task
+    let seen = tokio::time::timeout(DEADLINE, pbx_task)
         .await
+        .expect("the PBX task ends within the deadline")
         .expect("PBX task")
         .expect("the PBX got the INVITE over TLS");
     let top = seen.top_via().expect("Via").expect("parses");
@@ -150,7 +151,9 @@ async fn a_phone_on_udp_reaches_a_pbx_on_verified_tls() {
         "the proxy's Via says how it reached the PBX"
     );
     assert!(seen.header(HeaderName::RecordRoute).is_some());
-    proxy.shutdown().await;
+    tokio::time::timeout(DEADLINE, proxy.shutdown())
+        .await
+        .expect("the proxy shuts down within the deadline");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -164,9 +167,12 @@ async fn a_pbx_certificate_for_another_name_is_refused() {
         vec![100, 503],
         "the failed connection is answered 503 at once (RFC 3261 §16.7)"
     );
-    assert!(
-        pbx_task.await.expect("PBX task").is_none(),
-        "the impostor saw no INVITE"
-    );
-    proxy.shutdown().await;
+    let seen = tokio::time::timeout(DEADLINE, pbx_task)
+        .await
+        .expect("the impostor's handshake ends within the deadline")
+        .expect("PBX task");
+    assert!(seen.is_none(), "the impostor saw no INVITE");
+    tokio::time::timeout(DEADLINE, proxy.shutdown())
+        .await
+        .expect("the proxy shuts down within the deadline");
 }

@@ -4,7 +4,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt::Write as _;
-use std::hash::{BuildHasherDefault, DefaultHasher, Hash, Hasher};
+use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -549,8 +549,7 @@ impl Proxy {
     /// tag, CSeq number), so a retransmitted request gets the same tag and the ACK for
     /// the response is recognised by it.
     fn tag_for(&self, request: &Message) -> String {
-        let mut h = DefaultHasher::new();
-        self.config.seed.hash(&mut h);
+        let mut h = self.seeded_hasher();
         request.header(HeaderName::CallId).hash(&mut h);
         request.from_tag().hash(&mut h);
         request
@@ -570,6 +569,12 @@ impl Proxy {
         tag.is_some_and(|t| t.len() == OWN_TAG_LEN && t.starts_with(OWN_TAG_PREFIX.as_bytes()))
     }
 
+    /// A hasher keyed by the proxy's seed: what it derives (own tags, stateless
+    /// branches) is stable for one run and unpredictable across runs.
+    fn seeded_hasher(&self) -> impl Hasher {
+        foldhash::quality::FixedState::with_seed(self.config.seed).build_hasher()
+    }
+
     /// Our branch for transaction `id`: a reversible scramble of the id under the
     /// seed, so a response finds its transaction without a second table, and branches
     /// are unique per proxy run without being a visible counter.
@@ -583,20 +588,19 @@ impl Proxy {
     /// The transaction a branch of ours names, if it is one.
     fn txn_of_branch(&self, branch: &[u8]) -> Option<u64> {
         let hex = branch.strip_prefix(BRANCH_PREFIX.as_bytes())?;
-        // sixteen hex digits, like a flow token
-        let value = parse_token(hex)?;
-        let id = unscramble(value, self.config.seed);
-        self.txns
-            .get(&id)
-            .filter(|t| *t.branch == *branch)
-            .map(|_| id)
+        // sixteen lower-case hex digits, as `new_branch` writes them: then the branch
+        // is exactly the one of the id it unscrambles to
+        if hex.iter().any(u8::is_ascii_uppercase) {
+            return None;
+        }
+        let id = unscramble(parse_token(hex)?, self.config.seed);
+        self.txns.contains_key(&id).then_some(id)
     }
 
     /// The branch for a request forwarded without a transaction (a 2xx ACK): derived
     /// from the incoming branch, so its retransmissions get the same one (§16.11).
     fn stateless_branch(&self, msg: &Message) -> String {
-        let mut h = DefaultHasher::new();
-        self.config.seed.hash(&mut h);
+        let mut h = self.seeded_hasher();
         msg.top_via()
             .and_then(Result::ok)
             .and_then(|v| v.branch())
@@ -847,7 +851,6 @@ impl Proxy {
             server_state: ServerState::Proceeding,
             last_response,
             response_interval: T1,
-            branch: branch.clone().into_bytes().into_boxed_slice(),
             downstream: target.flow,
             request: Some(forwarded.clone()),
             client_state: ClientState::Calling,
@@ -907,17 +910,14 @@ impl Proxy {
     fn own_routes(&self, msg: &Message) -> (usize, Option<u64>) {
         let mut count = 0;
         let mut token = None;
-        for route in msg.routes() {
-            let Ok(route) = route else { break };
-            if !self.is_own_uri(route.uri()) {
+        // parsed once, in validation
+        for uri in msg.leading_route_uris() {
+            if !self.is_own_uri(&uri) {
                 break;
             }
             count += 1;
             if token.is_none() {
-                token = route.uri().user().and_then(parse_token);
-            }
-            if count == 2 {
-                break;
+                token = uri.user().and_then(parse_token);
             }
         }
         (count, token)
@@ -1770,7 +1770,6 @@ impl Proxy {
         // the old id's deadlines find no transaction and are ignored (a response to the
         // old branch finds none either: the target never had the request)
         txn.id = new_id;
-        txn.branch = branch.into_bytes().into_boxed_slice();
         txn.downstream = to;
         txn.request = Some(bytes.clone());
         txn.retransmit_interval = T1;

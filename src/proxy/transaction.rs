@@ -118,7 +118,8 @@ pub enum ClientState {
     Terminated,
 }
 
-/// One proxied request.
+/// One proxied request. Its branch on the forwarded request is not kept: it is the
+/// scrambled id (`Proxy::new_branch`), and a response's branch unscrambles to the id.
 #[derive(Debug)]
 pub struct Txn {
     /// Record id, also the timer key.
@@ -135,8 +136,6 @@ pub struct Txn {
     pub last_response: Option<Bytes>,
     /// Current timer G interval.
     pub response_interval: Duration,
-    /// Our branch on the forwarded request.
-    pub branch: Box<[u8]>,
     /// Where the forwarded request went.
     pub downstream: Flow,
     /// The forwarded request's bytes (for retransmission; parsed again only to build a

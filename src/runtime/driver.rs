@@ -102,6 +102,12 @@ impl Driver {
         self.proxy.poll_timeout().is_some()
     }
 
+    /// A (new) resolution of the PBX's name.
+    pub(super) fn pbx_resolved(&mut self, now: Instant, resolved: crate::dns::Resolved) {
+        self.pbx
+            .resolved(now, resolved, &mut self.proxy, &self.shared);
+    }
+
     /// One datagram read from the UDP socket bound to `local`.
     pub(super) fn datagram(
         &mut self,
@@ -194,10 +200,7 @@ impl Driver {
                     .connect_failed(now, transport, remote, &mut self.proxy);
                 self.proxy.transport_error(now, transport, remote);
             }
-            Event::PbxResolved(resolved) => {
-                self.pbx
-                    .resolved(now, resolved, &mut self.proxy, &self.shared);
-            }
+            Event::PbxResolved(resolved) => self.pbx_resolved(now, resolved),
         }
     }
 

@@ -22,6 +22,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
+use std::time::Instant;
 
 use tokio::net::TcpListener;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
@@ -72,6 +73,10 @@ pub enum RuntimeError {
 
 /// What the driver and the I/O tasks tell each other.
 #[derive(Debug)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "messages are nearly every event; boxing one would cost an allocation per message"
+)]
 pub(crate) enum Event {
     Message {
         conn: u64,
@@ -244,8 +249,6 @@ pub async fn start(config: &Config) -> Result<RuntimeHandle, RuntimeError> {
         });
     };
     let (events_tx, events_rx) = mpsc::channel(8192);
-    // the driver's first event: every target, for failover and to recognise the PBX
-    let _ = events_tx.send(Event::PbxResolved(resolved.clone())).await;
     let conn_ids = Arc::new(AtomicU64::new(1));
     let limits = Limits {
         max_message_size: config.limits.max_message_size,
@@ -351,6 +354,10 @@ pub async fn start(config: &Config) -> Result<RuntimeHandle, RuntimeError> {
         phone_events.clone(),
         tokio::runtime::Handle::current(),
     )));
+    // every target, for failover and to recognise the PBX (and the only peers TLS may
+    // go to): known before the first datagram, since the UDP reader threads hand
+    // datagrams to the core directly, not through the event channel
+    driver.lock().pbx_resolved(Instant::now(), resolved);
     let mut readers = udp::Readers::default();
     for (local, socket) in udp_sockets {
         let started = readers.start(socket, local, driver.clone());

@@ -199,7 +199,7 @@ impl<'m> Editor<'m> {
         let is_replaced = |name: &[u8]| {
             name.eq_ignore_ascii_case(b"received") || name.eq_ignore_ascii_case(b"rport")
         };
-        if !via.params().iter().any(|p| is_replaced(p.name)) {
+        if !may_name_received_or_rport(params) {
             // nothing to replace (the usual case): append after the parameters as written
             self.add_with(params_end, params_end, |text| {
                 text.extend_from_slice(b";received=");
@@ -444,6 +444,20 @@ impl<'m> Editor<'m> {
 
 /// Whether two splices touch the same bytes. Insertions (empty ranges) at one point
 /// never conflict with each other; they apply in call order.
+/// Whether a parameter list may hold `received` or `rport`: a look at the name after
+/// each `;`, no parsing (a `;` inside a quoted value can only cause a false alarm, which
+/// costs the careful path, never a missed parameter).
+fn may_name_received_or_rport(params: &[u8]) -> bool {
+    let starts_with = |name: &[u8], prefix: &[u8]| {
+        name.get(..prefix.len())
+            .is_some_and(|n| n.eq_ignore_ascii_case(prefix))
+    };
+    memchr::memchr_iter(b';', params).any(|at| {
+        let name = params[at + 1..].trim_ascii_start();
+        starts_with(name, b"rport") || starts_with(name, b"received")
+    })
+}
+
 fn conflicts((a0, a1): (usize, usize), (b0, b1): (usize, usize)) -> bool {
     match (a0 == a1, b0 == b1) {
         (true, true) => false,

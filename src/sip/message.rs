@@ -18,7 +18,7 @@ use super::header::{
     parse_contact, parse_token_list_item,
 };
 use super::header_name::HeaderName;
-use super::uri::Uri;
+use super::uri::{Uri, UriParts};
 
 /// Default largest message accepted, in bytes (64 KiB).
 pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 64 * 1024;
@@ -231,7 +231,13 @@ pub struct Message {
     from_tag: OnceCell<Option<Span>>,
     to_tag: OnceCell<Option<Span>>,
     cseq: OnceCell<Option<CSeqParts>>,
+    /// The URIs of the first two Route values (a proxy looks for itself there: one,
+    /// or two with double Record-Route), kept from validation.
+    leading_routes: OnceCell<LeadingRoutes>,
 }
+
+/// The URIs of up to two Route values from the top, in order, as positions.
+type LeadingRoutes = [Option<UriParts>; 2];
 
 /// A parsed CSeq without the borrow: the number, the method and where its token is.
 #[derive(Debug, Clone, Copy)]
@@ -600,6 +606,7 @@ impl Message {
             from_tag: OnceCell::new(),
             to_tag: OnceCell::new(),
             cseq: OnceCell::new(),
+            leading_routes: OnceCell::new(),
         }
     }
 
@@ -872,6 +879,22 @@ impl Message {
         self.list(HeaderName::Route, NameAddr::parse_bracketed)
     }
 
+    /// The URIs of the first two Route values, top first, up to the first that does
+    /// not parse: remembered from [`Self::validate`], else parsed on first use.
+    pub fn leading_route_uris(&self) -> impl Iterator<Item = Uri<'_>> + '_ {
+        let parts = self.leading_routes.get_or_init(|| {
+            let mut parts = LeadingRoutes::default();
+            for (slot, route) in parts.iter_mut().zip(self.routes()) {
+                let Ok(route) = route else { break };
+                *slot = Some(route.uri().parts_in(&self.buf));
+            }
+            parts
+        });
+        parts
+            .iter()
+            .map_while(|p| p.as_ref().map(|p| p.view(&self.buf)))
+    }
+
     /// Every Record-Route value, top first.
     pub fn record_routes(&self) -> impl Iterator<Item = Result<NameAddr<'_>, ParseError>> + '_ {
         self.list(HeaderName::RecordRoute, NameAddr::parse_bracketed)
@@ -964,6 +987,8 @@ impl Message {
         }
         let mut seen = [false; 6];
         let mut seen_via = false;
+        let mut leading_routes = LeadingRoutes::default();
+        let mut routes_seen = 0;
         let single_index = |name: HeaderName| match name {
             HeaderName::CallId => Some(0),
             HeaderName::ContentLength => Some(1),
@@ -1005,7 +1030,15 @@ impl Message {
                 }
                 HeaderName::Contact => ListIter::new(self.slice(span))
                     .try_for_each(|r| self.check_sub(name, span, r, parse_contact)),
-                HeaderName::Route | HeaderName::RecordRoute => ListIter::new(self.slice(span))
+                HeaderName::Route => ListIter::new(self.slice(span)).try_for_each(|r| {
+                    let route = self.parse_sub(name, span, r, NameAddr::parse_bracketed)?;
+                    if let Some(slot) = leading_routes.get_mut(routes_seen) {
+                        *slot = Some(route.uri().parts_in(&self.buf));
+                    }
+                    routes_seen += 1;
+                    Ok(())
+                }),
+                HeaderName::RecordRoute => ListIter::new(self.slice(span))
                     .try_for_each(|r| self.check_sub(name, span, r, NameAddr::parse_bracketed)),
                 HeaderName::From | HeaderName::To => {
                     self.typed(name, span, NameAddr::parse).map(|addr| {
@@ -1061,6 +1094,7 @@ impl Message {
                 ));
             }
         }
+        let _ = self.leading_routes.set(leading_routes);
         Ok(())
     }
 
@@ -1170,8 +1204,19 @@ impl Message {
         sub: Range<usize>,
         parse: impl FnOnce(&'a [u8]) -> Result<T, usize>,
     ) -> Result<(), ParseError> {
+        self.parse_sub(name, field, sub, parse).map(|_| ())
+    }
+
+    /// Parses one value (`sub`, relative to the field's value) of a list header.
+    fn parse_sub<'a, T>(
+        &'a self,
+        name: HeaderName,
+        field: Span,
+        sub: Range<usize>,
+        parse: impl FnOnce(&'a [u8]) -> Result<T, usize>,
+    ) -> Result<T, ParseError> {
         let span = Span::new(field.start() + sub.start, field.start() + sub.end);
-        self.typed(name, span, parse).map(|_| ())
+        self.typed(name, span, parse)
     }
 }
 

@@ -41,3 +41,18 @@ pub(crate) fn range_within(whole: &[u8], part: &[u8]) -> Option<std::ops::Range<
     let end = start.checked_add(part.len())?;
     (end <= whole.len()).then_some(start..end)
 }
+
+/// The range `part` occupies inside `base` as `u32` offsets (messages are far below
+/// 4 GiB), for views a message remembers without borrowing from itself. A part outside
+/// `base` gets an empty range past any buffer.
+pub(crate) fn range_u32(base: &[u8], part: &[u8]) -> std::ops::Range<u32> {
+    let to_u32 = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+    range_within(base, part).map_or(u32::MAX..u32::MAX, |r| to_u32(r.start)..to_u32(r.end))
+}
+
+/// The bytes at a range from [`range_u32`]; empty (never a panic) when it lies
+/// outside `base`.
+pub(crate) fn at_u32<'a>(base: &'a [u8], range: &std::ops::Range<u32>) -> &'a [u8] {
+    base.get(range.start as usize..range.end as usize)
+        .unwrap_or_default()
+}

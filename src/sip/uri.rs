@@ -5,9 +5,11 @@
 //! the real characters (star codes such as `%2A78`, RFC 4475 §3.1.1.3).
 
 use std::borrow::Cow;
+use std::ops::Range;
 
 use super::grammar::{byte_class, is_host_char};
 use super::params::Params;
+use super::{at_u32, range_u32};
 
 /// The URI scheme, recognised case-insensitively.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -36,6 +38,41 @@ pub struct Uri<'a> {
     headers: Option<&'a [u8]>,
 }
 
+/// Where each part of a parsed [`Uri`] lies in the buffer it was parsed from (as
+/// `ViaParts` does for a Via): a message remembers a URI it parsed without borrowing
+/// from itself, and rebuilds the view without parsing again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct UriParts {
+    raw: Range<u32>,
+    scheme: Scheme,
+    scheme_raw: Range<u32>,
+    user: Option<Range<u32>>,
+    password: Option<Range<u32>>,
+    host: Range<u32>,
+    port: Option<u16>,
+    params: Range<u32>,
+    headers: Option<Range<u32>>,
+}
+
+impl UriParts {
+    /// The view again, over the buffer the parts were taken from (a different buffer
+    /// reads as empty parts, never a panic).
+    pub(crate) fn view<'a>(&self, base: &'a [u8]) -> Uri<'a> {
+        let at = |r: &Range<u32>| at_u32(base, r);
+        Uri {
+            raw: at(&self.raw),
+            scheme: self.scheme,
+            scheme_raw: at(&self.scheme_raw),
+            user: self.user.as_ref().map(at),
+            password: self.password.as_ref().map(at),
+            host: at(&self.host),
+            port: self.port,
+            params: Params::new(at(&self.params)),
+            headers: self.headers.as_ref().map(at),
+        }
+    }
+}
+
 byte_class! {
     /// Characters allowed unescaped in the user and password parts. RFC 3261 allows the
     /// unreserved and user-unreserved sets; `#` is tolerated because phones send star and
@@ -59,6 +96,27 @@ byte_class! {
             | b'!' | b'~' | b'*' | b'\'' | b'(' | b')' | b'%' | b'=' | b'?' | b'@' | b',' | b';')
 }
 
+/// Where the run of bytes of one class that starts at `from` ends.
+#[inline]
+fn run_end(bytes: &[u8], from: usize, class: impl Fn(u8) -> bool) -> usize {
+    bytes
+        .get(from..)
+        .and_then(|tail| tail.iter().position(|&c| !class(c)))
+        .map_or(bytes.len(), |n| from + n)
+}
+
+/// A port: one or more digits, at most 65535 (leading zeros allowed).
+fn port_number(digits: &[u8]) -> Option<u16> {
+    if digits.is_empty() {
+        return None;
+    }
+    let value = digits.iter().try_fold(0u32, |value, &d| {
+        let value = value * 10 + u32::from(d - b'0');
+        (value <= u32::from(u16::MAX)).then_some(value)
+    })?;
+    u16::try_from(value).ok()
+}
+
 fn is_scheme_char(c: u8) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, b'+' | b'-' | b'.')
 }
@@ -70,6 +128,22 @@ fn is_opaque_char(c: u8) -> bool {
 }
 
 impl<'a> Uri<'a> {
+    /// The parts' positions inside `base`, the buffer this view was parsed from.
+    pub(crate) fn parts_in(&self, base: &[u8]) -> UriParts {
+        let range = |part: &[u8]| range_u32(base, part);
+        UriParts {
+            raw: range(self.raw),
+            scheme: self.scheme,
+            scheme_raw: range(self.scheme_raw),
+            user: self.user.map(range),
+            password: self.password.map(range),
+            host: range(self.host),
+            port: self.port,
+            params: range(self.params.as_bytes()),
+            headers: self.headers.map(range),
+        }
+    }
+
     /// Parses a URI. On error returns the byte offset (within `raw`) where it failed.
     pub fn parse(raw: &'a [u8]) -> Result<Self, usize> {
         let colon = raw.iter().position(|&c| c == b':').ok_or(raw.len())?;
@@ -154,9 +228,7 @@ impl<'a> Uri<'a> {
             }
             pos += close + 1;
         } else {
-            while pos < rest.len() && is_host_char(rest[pos]) {
-                pos += 1;
-            }
+            pos = run_end(rest, pos, is_host_char);
         }
         if pos == host_start {
             return Err(base + pos);
@@ -166,14 +238,8 @@ impl<'a> Uri<'a> {
         if rest.get(pos) == Some(&b':') {
             pos += 1;
             let digits_start = pos;
-            while pos < rest.len() && rest[pos].is_ascii_digit() {
-                pos += 1;
-            }
-            let digits = &rest[digits_start..pos];
-            let port = std::str::from_utf8(digits)
-                .ok()
-                .and_then(|s| s.parse::<u16>().ok())
-                .ok_or(base + digits_start)?;
+            pos = run_end(rest, pos, |c| c.is_ascii_digit());
+            let port = port_number(&rest[digits_start..pos]).ok_or(base + digits_start)?;
             self.port = Some(port);
         }
         // uri-parameters
@@ -181,18 +247,14 @@ impl<'a> Uri<'a> {
         while rest.get(pos) == Some(&b';') {
             pos += 1;
             let name_start = pos;
-            while pos < rest.len() && is_uri_param_char(rest[pos]) {
-                pos += 1;
-            }
+            pos = run_end(rest, pos, is_uri_param_char);
             if pos == name_start {
                 return Err(base + pos);
             }
             if rest.get(pos) == Some(&b'=') {
                 pos += 1;
                 let value_start = pos;
-                while pos < rest.len() && is_uri_param_char(rest[pos]) {
-                    pos += 1;
-                }
+                pos = run_end(rest, pos, is_uri_param_char);
                 if pos == value_start {
                     return Err(base + pos);
                 }
@@ -203,9 +265,7 @@ impl<'a> Uri<'a> {
         if rest.get(pos) == Some(&b'?') {
             pos += 1;
             let headers_start = pos;
-            while pos < rest.len() && is_uri_header_char(rest[pos]) {
-                pos += 1;
-            }
+            pos = run_end(rest, pos, is_uri_header_char);
             if pos == headers_start {
                 return Err(base + pos);
             }
@@ -346,6 +406,16 @@ mod tests {
         assert_eq!(u.params().value("transport"), Some(&b"tls"[..]));
         assert!(u.params().contains("lr"));
         assert_eq!(u.headers(), Some(&b"subject=hi"[..]));
+    }
+
+    #[test]
+    fn ports_are_digits_up_to_65535() {
+        assert_eq!(Uri::parse(b"sip:h:65535").unwrap().port(), Some(65535));
+        assert_eq!(Uri::parse(b"sip:h:007;lr").unwrap().port(), Some(7));
+        assert_eq!(Uri::parse(b"sip:h:65536"), Err(6));
+        assert_eq!(Uri::parse(b"sip:h:99999999999999999999"), Err(6));
+        assert_eq!(Uri::parse(b"sip:h:;lr"), Err(6), "a colon needs a port");
+        assert_eq!(Uri::parse(b"sip:h:+5"), Err(6));
     }
 
     #[test]

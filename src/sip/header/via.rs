@@ -6,6 +6,7 @@ use nom::{Parser, sequence::preceded};
 
 use crate::sip::grammar::{Res, all_of, generic_params, host_port, lws, sep, token};
 use crate::sip::params::Params;
+use crate::sip::{at_u32, range_u32};
 
 /// RFC 3261 magic cookie that starts every RFC 3261 branch.
 pub const MAGIC_COOKIE: &[u8] = b"z9hG4bK";
@@ -59,22 +60,11 @@ pub(crate) struct ViaParts {
     branch: Option<Range<u32>>,
 }
 
-/// The range `part` occupies inside `base` (it must be a sub-slice of it; messages are
-/// far below 4 GiB, so `u32` offsets keep a remembered Via small).
-fn range_in(base: &[u8], part: &[u8]) -> Range<u32> {
-    let to_u32 = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
-    crate::sip::range_within(base, part)
-        .map_or(u32::MAX..u32::MAX, |r| to_u32(r.start)..to_u32(r.end))
-}
-
 impl ViaParts {
     /// The view again, over the same buffer the parts were taken from. A range outside
     /// `base` (a different buffer) reads as empty rather than panicking.
     pub(crate) fn view<'a>(&self, base: &'a [u8]) -> Via<'a> {
-        let at = |r: &Range<u32>| {
-            base.get(r.start as usize..r.end as usize)
-                .unwrap_or_default()
-        };
+        let at = |r: &Range<u32>| at_u32(base, r);
         Via {
             protocol_name: at(&self.protocol_name),
             protocol_version: at(&self.protocol_version),
@@ -91,13 +81,13 @@ impl<'a> Via<'a> {
     /// The parts' positions inside `base`, the buffer this view was parsed from.
     pub(crate) fn parts_in(&self, base: &[u8]) -> ViaParts {
         ViaParts {
-            protocol_name: range_in(base, self.protocol_name),
-            protocol_version: range_in(base, self.protocol_version),
-            transport: range_in(base, self.transport),
-            host: range_in(base, self.host),
+            protocol_name: range_u32(base, self.protocol_name),
+            protocol_version: range_u32(base, self.protocol_version),
+            transport: range_u32(base, self.transport),
+            host: range_u32(base, self.host),
             port: self.port,
-            params: range_in(base, self.params.as_bytes()),
-            branch: self.branch.map(|b| range_in(base, b)),
+            params: range_u32(base, self.params.as_bytes()),
+            branch: self.branch.map(|b| range_u32(base, b)),
         }
     }
 
