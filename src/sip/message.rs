@@ -1029,7 +1029,7 @@ impl Message {
                     self.check_vias(span, top)
                 }
                 HeaderName::Contact => ListIter::new(self.slice(span))
-                    .try_for_each(|r| self.check_sub(name, span, r, parse_contact)),
+                    .try_for_each(|r| self.parse_sub(name, span, r, parse_contact).map(drop)),
                 HeaderName::Route => ListIter::new(self.slice(span)).try_for_each(|r| {
                     let route = self.parse_sub(name, span, r, NameAddr::parse_bracketed)?;
                     if let Some(slot) = leading_routes.get_mut(routes_seen) {
@@ -1038,8 +1038,10 @@ impl Message {
                     routes_seen += 1;
                     Ok(())
                 }),
-                HeaderName::RecordRoute => ListIter::new(self.slice(span))
-                    .try_for_each(|r| self.check_sub(name, span, r, NameAddr::parse_bracketed)),
+                HeaderName::RecordRoute => ListIter::new(self.slice(span)).try_for_each(|r| {
+                    self.parse_sub(name, span, r, NameAddr::parse_bracketed)
+                        .map(drop)
+                }),
                 HeaderName::From | HeaderName::To => {
                     self.typed(name, span, NameAddr::parse).map(|addr| {
                         // remembered for the routing that follows (set once: a second
@@ -1175,7 +1177,10 @@ impl Message {
             }
             values.next();
         }
-        values.try_for_each(|r| self.check_sub(HeaderName::Via, span, r, Via::parse))
+        values.try_for_each(|r| {
+            self.parse_sub(HeaderName::Via, span, r, Via::parse)
+                .map(drop)
+        })
     }
 
     /// Where a slice of this message's buffer lies in it.
@@ -1195,16 +1200,6 @@ impl Message {
         parse: impl FnOnce(&'a [u8]) -> Result<T, usize>,
     ) -> Result<(), ParseError> {
         self.typed(name, span, parse).map(|_| ())
-    }
-
-    fn check_sub<'a, T>(
-        &'a self,
-        name: HeaderName,
-        field: Span,
-        sub: Range<usize>,
-        parse: impl FnOnce(&'a [u8]) -> Result<T, usize>,
-    ) -> Result<(), ParseError> {
-        self.parse_sub(name, field, sub, parse).map(|_| ())
     }
 
     /// Parses one value (`sub`, relative to the field's value) of a list header.
