@@ -64,7 +64,15 @@ trap 'rm -f "$log"' EXIT
 status=0
 cargo test --doc 2>&1 | tee "$log" || status=$?
 if [ "$status" -eq 0 ]; then
-    cargo test --all-targets --no-fail-fast 2>&1 | tee -a "$log" || status=$?
+    cargo test --all-targets --no-run 2>&1 | tee -a "$log" || status=$?
+fi
+if [ "$status" -eq 0 ]; then
+    # the whole suite runs in a few minutes: a test still running after 30 is hung,
+    # and its name is the last "test ... has been running" line above
+    timeout --kill-after=10 30m cargo test --all-targets --no-fail-fast 2>&1 | tee -a "$log" || status=$?
+    if [ "$status" -eq 124 ] || [ "$status" -eq 137 ]; then
+        echo "error: the tests did not finish within 30 minutes (a test is hung)" >&2
+    fi
 fi
 # one closing line over every test binary
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed;?$/) p += $i; if ($(i+1) ~ /^failed;?$/) f += $i } }
