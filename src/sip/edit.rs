@@ -442,8 +442,6 @@ impl<'m> Editor<'m> {
     }
 }
 
-/// Whether two splices touch the same bytes. Insertions (empty ranges) at one point
-/// never conflict with each other; they apply in call order.
 /// Whether a parameter list may hold `received` or `rport`: a look at the name after
 /// each `;`, no parsing (a `;` inside a quoted value can only cause a false alarm, which
 /// costs the careful path, never a missed parameter).
@@ -458,6 +456,8 @@ fn may_name_received_or_rport(params: &[u8]) -> bool {
     })
 }
 
+/// Whether two splices touch the same bytes. Insertions (empty ranges) at one point
+/// never conflict with each other; they apply in call order.
 fn conflicts((a0, a1): (usize, usize), (b0, b1): (usize, usize)) -> bool {
     match (a0 == a1, b0 == b1) {
         (true, true) => false,
