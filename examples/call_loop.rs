@@ -13,14 +13,16 @@
 //! argument `untracked` sets the observer's call limit to 0: the difference between the
 //! two runs is what observing a call costs. A second argument `cold` writes over a
 //! 16 MiB buffer after every message, so that each message meets cold data caches as
-//! it does in the benchmark, where the reader sleeps between datagrams; under
-//! cachegrind, the misses in the proxy's functions are then the cache lines one message
-//! touches:
+//! it does in the benchmark, where the reader sleeps between datagrams. Under callgrind
+//! with tiny first-level caches, the last-level misses inside `Proxy::handle_datagram`
+//! (`ILmr`, `DLmr`) are then the cache lines of code and data one message touches
+//! (BENCHMARKS.md, session 10):
 //!
 //! ```sh
-//! valgrind --tool=cachegrind --cache-sim=yes --LL=8388608,16,64 \
-//!     --cachegrind-out-file=/tmp/cold.out target/release/examples/call_loop 500 cold
-//! cg_annotate /tmp/cold.out
+//! valgrind --tool=callgrind --cache-sim=yes --I1=1024,2,64 --D1=1024,2,64 \
+//!     --LL=8388608,16,64 --callgrind-out-file=/tmp/cold.out \
+//!     target/release/examples/call_loop 300 cold
+//! callgrind_annotate --inclusive=yes --show=Ir,ILmr,DLmr /tmp/cold.out | grep handle_datagram
 //! ```
 
 use std::net::SocketAddr;
